@@ -1,0 +1,440 @@
+//! `gateway.toml` (interface.md §3): raw serde structs that reject unknown
+//! keys, then a validated [`Config`]. Every section is read on its own so that
+//! one broken section does not hide the errors of the next; relative paths
+//! resolve against the config file's folder.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use ipnet::IpNet;
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use toml_edit::ImDocument;
+
+use crate::diagnostic::{ConfigError, ConfigErrors, Source};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Spanned<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Spanned<String>,
+    apptoken_file: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    file: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<Spanned<String>>,
+    body_idle_timeout: Option<Spanned<String>>,
+    keepalive_idle_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    inspect_body_bytes: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<Spanned<String>>,
+}
+
+/// TLS for the proxy listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The upstream credential put in place of the caller's token. Its `Debug`
+/// never prints it.
+#[derive(Clone)]
+pub struct UpstreamToken(pub String);
+
+impl std::fmt::Debug for UpstreamToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamToken(<redacted>)")
+    }
+}
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// host[:port].
+    pub authority: Authority,
+    /// The credential from `apptoken_file`, if set.
+    pub apptoken: Option<UpstreamToken>,
+    /// An extra CA to trust for the upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Limit for opening a connection.
+    pub connect_timeout: Duration,
+    /// Limit for the answer to begin.
+    pub timeout: Duration,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The whole request head must arrive within this.
+    pub header_read_timeout: Duration,
+    /// Longest pause between two pieces of a request body.
+    pub body_idle_timeout: Duration,
+    /// An idle client connection is closed after this.
+    pub keepalive_idle_timeout: Duration,
+    /// A request head larger than this gets 431.
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the backlog.
+    pub max_connections: usize,
+    /// A body that must be read to decide, larger than this: 413.
+    pub inspect_body_bytes: usize,
+    /// In-flight requests get this long to finish on SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
+            keepalive_idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16384,
+            max_connections: 10000,
+            inspect_body_bytes: 1 << 20,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The validated gateway config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// TLS for the proxy listener, when set.
+    pub tls: Option<TlsFiles>,
+    /// The scanner.
+    pub upstream: Upstream,
+    /// The token file, resolved.
+    pub tokens_file: PathBuf,
+    /// CIDRs whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads and validates `path`, reporting every error found.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates the text of a config file read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut src = Source::new(path, text);
+        let doc = match ImDocument::parse(text) {
+            Ok(d) => d,
+            Err(e) => {
+                src.error(e.span(), e.message().trim_end().to_string());
+                return Err(ConfigErrors(src.into_errors()));
+            }
+        };
+        const SECTIONS: [&str; 7] = ["server", "upstream", "tokens", "client_ip", "limits", "admin", "log"];
+        for (key, _) in doc.iter() {
+            if !SECTIONS.contains(&key) {
+                let span = doc.key(key).and_then(|k| k.span());
+                src.error(span, format!("unknown section `{key}`: expected one of {}", SECTIONS.join(", ")));
+            }
+        }
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+        };
+
+        let server: Option<RawServer> = section(&doc, "server", true, &mut src);
+        let upstream: Option<RawUpstream> = section(&doc, "upstream", true, &mut src);
+        let tokens: Option<RawTokens> = section(&doc, "tokens", true, &mut src);
+        let client_ip: RawClientIp = section(&doc, "client_ip", false, &mut src).unwrap_or_default();
+        let limits: RawLimits = section(&doc, "limits", false, &mut src).unwrap_or_default();
+        let admin: Option<RawAdmin> = section(&doc, "admin", true, &mut src);
+        let log: RawLog = section(&doc, "log", false, &mut src).unwrap_or_default();
+
+        let listen = server.as_ref().and_then(|s| socket_addr(&s.listen, &mut src));
+        let tls = server.and_then(|s| s.tls).map(|t| TlsFiles {
+            cert: resolve(t.cert.get_ref()),
+            key: resolve(t.key.get_ref()),
+        });
+        let admin_listen = admin.as_ref().and_then(|a| socket_addr(&a.listen, &mut src));
+        if let (Some(l), Some(a), Some(admin)) = (listen, admin_listen, &admin) {
+            if l == a && l.port() != 0 {
+                src.error(Some(admin.listen.span()), "the admin listener must not share the proxy's address");
+            }
+        }
+
+        let upstream = upstream.and_then(|u| {
+            let url = upstream_url(&u.url, &mut src);
+            let apptoken = u.apptoken_file.as_ref().and_then(|f| {
+                let p = resolve(f.get_ref());
+                match std::fs::read_to_string(&p) {
+                    Ok(s) if !s.trim().is_empty() && !s.trim().contains(char::is_whitespace) => {
+                        Some(UpstreamToken(s.trim().to_string()))
+                    }
+                    Ok(_) => {
+                        src.error(Some(f.span()), format!("{} must hold one token and nothing else", p.display()));
+                        None
+                    }
+                    Err(e) => {
+                        src.error(Some(f.span()), format!("cannot read {}: {e}", p.display()));
+                        None
+                    }
+                }
+            });
+            let ca_file = u.ca_file.as_ref().map(|f| resolve(f.get_ref()));
+            let connect_timeout = duration(u.connect_timeout.as_ref(), Duration::from_secs(5), &mut src);
+            let timeout = duration(u.timeout.as_ref(), Duration::from_secs(120), &mut src);
+            let (scheme, authority) = url?;
+            Some(Upstream { scheme, authority, apptoken, ca_file, connect_timeout, timeout })
+        });
+
+        let mut trusted_proxies = Vec::new();
+        for p in &client_ip.trusted_proxies {
+            match crate::tokens::file::parse_cidr(p.get_ref()) {
+                Some(n) => trusted_proxies.push(n),
+                None => src.error(Some(p.span()), format!("{:?} is not an IP address or CIDR", p.get_ref())),
+            }
+        }
+
+        let d = Limits::default();
+        let limits = Limits {
+            header_read_timeout: duration(limits.header_read_timeout.as_ref(), d.header_read_timeout, &mut src),
+            body_idle_timeout: duration(limits.body_idle_timeout.as_ref(), d.body_idle_timeout, &mut src),
+            keepalive_idle_timeout: duration(limits.keepalive_idle_timeout.as_ref(), d.keepalive_idle_timeout, &mut src),
+            max_header_bytes: count(limits.max_header_bytes.as_ref(), d.max_header_bytes, 8192, &mut src),
+            max_connections: count(limits.max_connections.as_ref(), d.max_connections, 1, &mut src),
+            inspect_body_bytes: count(limits.inspect_body_bytes.as_ref(), d.inspect_body_bytes, 0, &mut src),
+            shutdown_grace: duration(limits.shutdown_grace.as_ref(), d.shutdown_grace, &mut src),
+        };
+
+        let log_format = match log.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, span)) => {
+                src.error(Some(span), format!("log format {other:?} is not \"text\" or \"json\""));
+                LogFormat::Text
+            }
+        };
+
+        let tokens_file = tokens.map(|t| resolve(t.file.get_ref()));
+        match (src.has_errors(), listen, upstream, tokens_file, admin_listen) {
+            (false, Some(listen), Some(upstream), Some(tokens_file), Some(admin_listen)) => Ok(Config {
+                path: path.to_path_buf(),
+                listen,
+                tls,
+                upstream,
+                tokens_file,
+                trusted_proxies,
+                limits,
+                admin_listen,
+                log_format,
+            }),
+            _ => Err(ConfigErrors(src.into_errors())),
+        }
+    }
+}
+
+/// Deserialises one top-level section on its own, recording its error.
+fn section<T: DeserializeOwned>(doc: &ImDocument<&str>, name: &str, required: bool, src: &mut Source<'_>) -> Option<T> {
+    let Some(item) = doc.get(name) else {
+        if required {
+            src.error(None, format!("missing section [{name}]"));
+        }
+        return None;
+    };
+    let span = doc.key(name).and_then(|k| k.span()).or_else(|| item.span());
+    let value = match item.clone().into_value() {
+        Ok(v) => v,
+        Err(_) => {
+            src.error(span, format!("[{name}] must be a table"));
+            return None;
+        }
+    };
+    match T::deserialize(value.into_deserializer()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            src.toml_error(&e, span);
+            None
+        }
+    }
+}
+
+fn socket_addr(s: &Spanned<String>, src: &mut Source<'_>) -> Option<SocketAddr> {
+    match s.get_ref().parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            src.error(Some(s.span()), format!("{:?} is not host:port (an IP address and a port, [v6]:port for IPv6)", s.get_ref()));
+            None
+        }
+    }
+}
+
+fn upstream_url(s: &Spanned<String>, src: &mut Source<'_>) -> Option<(Scheme, Authority)> {
+    let err = |src: &mut Source<'_>, span: Range<usize>, why: &str| {
+        src.error(Some(span), format!("upstream url {:?}: {why}", s.get_ref()));
+        None
+    };
+    let Ok(uri) = s.get_ref().parse::<http::Uri>() else {
+        return err(src, s.span(), "not a URL");
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return err(src, s.span(), "must be scheme://host[:port]");
+    };
+    if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
+        return err(src, s.span(), "the scheme must be http or https");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || authority.as_str().contains('@') {
+        return err(src, s.span(), "must be scheme://host[:port], with no path, query or user");
+    }
+    Some((scheme.clone(), authority.clone()))
+}
+
+fn duration(s: Option<&Spanned<String>>, default: Duration, src: &mut Source<'_>) -> Duration {
+    let Some(s) = s else { return default };
+    match humantime::parse_duration(s.get_ref()) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            src.error(Some(s.span()), format!("{:?} is not a duration like \"10s\", \"500ms\" or \"2m\"", s.get_ref()));
+            default
+        }
+    }
+}
+
+fn count(n: Option<&Spanned<i64>>, default: usize, min: usize, src: &mut Source<'_>) -> usize {
+    let Some(n) = n else { return default };
+    match usize::try_from(*n.get_ref()) {
+        Ok(v) if v >= min => v,
+        _ => {
+            src.error(Some(n.span()), format!("must be a whole number of at least {min}"));
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse(Path::new("/etc/tg/gateway.toml"), text).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn a_minimal_config_gets_defaults_and_resolves_paths() {
+        let c = parse(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[upstream]\nurl = \"https://outscan.outpost24.com\"\n\
+             [tokens]\nfile = \"tokens.toml\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tokens_file, Path::new("/etc/tg/tokens.toml"));
+        assert_eq!(c.upstream.scheme, Scheme::HTTPS);
+        assert_eq!(c.upstream.timeout, Duration::from_secs(120));
+        assert_eq!(c.limits.inspect_body_bytes, 1 << 20);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_location() {
+        let errs = parse(
+            "[server]\nlisten = \"nope\"\n[upstream]\nurl = \"ftp://x\"\ntimeout = \"soon\"\n\
+             [tokens]\nfile = \"t.toml\"\nextra = 1\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/40\"]\n\
+             [limits]\nmax_header_bytes = 10\n[admin]\nlisten = \"127.0.0.1:9090\"\n[log]\nformat = \"xml\"\n[bogus]\n",
+        )
+        .unwrap_err();
+        let want = [
+            "/etc/tg/gateway.toml:2:10: \"nope\" is not host:port",
+            "/etc/tg/gateway.toml:4:7: upstream url \"ftp://x\": the scheme must be http or https",
+            "/etc/tg/gateway.toml:5:11: \"soon\" is not a duration",
+            "/etc/tg/gateway.toml:8:1: unknown field `extra`",
+            "/etc/tg/gateway.toml:10:20: \"10.0.0.0/40\" is not an IP address or CIDR",
+            "/etc/tg/gateway.toml:12:20: must be a whole number of at least 8192",
+            "/etc/tg/gateway.toml:16:10: log format \"xml\"",
+            "/etc/tg/gateway.toml:17:2: unknown section `bogus`",
+        ];
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+        for (got, want) in errs.iter().zip(want) {
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        let errs = parse("[server]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("missing section [upstream]")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("missing section [admin]")), "{errs:?}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Which address a request comes from: the socket peer, or, when the peer is
+//! a trusted proxy, the rightmost address in X-Forwarded-For that is not one.
+//! Pure: no I/O.
+
+use std::net::IpAddr;
+
+use http::header::HeaderValue;
+use ipnet::IpNet;
+
+/// The address the decision is made for, with `::ffff:a.b.c.d` as `a.b.c.d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// The address of the socket peer (which may be a proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub IpAddr);
+
+/// An X-Forwarded-For from a trusted proxy that has an entry that is not an
+/// IP address: the client cannot be known, so the request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadForwardedFor;
+
+/// The CIDRs whose X-Forwarded-For is believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Box<[IpNet]>);
+
+impl TrustedProxies {
+    /// From the validated `client_ip.trusted_proxies`.
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self(nets.into_iter().map(canonical_net).collect())
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether no proxy is trusted (X-Forwarded-For is never read).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Maps IPv4-mapped IPv6 to IPv4, so each address has one spelling.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// Maps `::ffff:a.b.c.d/n` (n >= 96) to `a.b.c.d/(n-96)`.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
+                    return IpNet::V4(n.trunc());
+                }
+            }
+        }
+    }
+    net.trunc()
+}
+
+/// The decided client address, and the trusted hops between it and us (for
+/// the X-Forwarded-For sent upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The client the decision is made for.
+    pub client: ClientIp,
+    /// Trusted proxies the request passed through after the client, in order,
+    /// ending with the peer when the peer is not the client.
+    pub hops: Vec<IpAddr>,
+}
+
+/// Resolves the client address from the peer and the X-Forwarded-For headers.
+pub fn resolve<'h>(
+    peer: PeerAddr,
+    xff: impl DoubleEndedIterator<Item = &'h HeaderValue>,
+    trusted: &TrustedProxies,
+) -> Result<Resolved, BadForwardedFor> {
+    let peer = canonical_ip(peer.0);
+    if !trusted.trusts(peer) {
+        return Ok(Resolved { client: ClientIp(peer), hops: Vec::new() });
+    }
+    let mut hops = vec![peer];
+    for value in xff.rev() {
+        let value = value.to_str().map_err(|_| BadForwardedFor)?;
+        for entry in value.rsplit(',') {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let ip: IpAddr = entry.parse().map_err(|_| BadForwardedFor)?;
+            let ip = canonical_ip(ip);
+            if !trusted.trusts(ip) {
+                hops.reverse();
+                return Ok(Resolved { client: ClientIp(ip), hops });
+            }
+            hops.push(ip);
+        }
+    }
+    // Every hop was trusted: the leftmost one is the client.
+    let client = hops.pop().unwrap_or(peer);
+    hops.reverse();
+    Ok(Resolved { client: ClientIp(client), hops })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tp(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(nets.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    fn run(peer: &str, xff: &[&str], t: &TrustedProxies) -> Result<Resolved, BadForwardedFor> {
+        let hv: Vec<HeaderValue> = xff.iter().map(|v| HeaderValue::from_str(v).unwrap()).collect();
+        resolve(PeerAddr(peer.parse().unwrap()), hv.iter(), t)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_ignores_forwarded_for() {
+        let r = run("198.51.100.1", &["10.0.0.1"], &tp(&["10.0.0.0/8"])).unwrap();
+        assert_eq!(r.client, ClientIp(ip("198.51.100.1")));
+        assert!(r.hops.is_empty());
+    }
+
+    #[test]
+    fn trusted_peer_gives_rightmost_untrusted() {
+        let t = tp(&["10.0.0.0/8"]);
+        let r = run("10.0.0.1", &["1.1.1.1, 2.2.2.2, 10.0.0.9"], &t).unwrap();
+        assert_eq!(r.client, ClientIp(ip("2.2.2.2")));
+        assert_eq!(r.hops, vec![ip("10.0.0.9"), ip("10.0.0.1")]);
+        // Several headers read as one list, in order.
+        let r = run("10.0.0.1", &["1.1.1.1", "2.2.2.2"], &t).unwrap();
+        assert_eq!(r.client, ClientIp(ip("2.2.2.2")));
+        // All trusted: the leftmost.
+        let r = run("10.0.0.1", &["10.1.1.1, 10.2.2.2"], &t).unwrap();
+        assert_eq!(r.client, ClientIp(ip("10.1.1.1")));
+        // No header: the peer itself.
+        let r = run("10.0.0.1", &[], &t).unwrap();
+        assert_eq!(r.client, ClientIp(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn unparsable_entry_denies_and_is_not_skipped() {
+        let t = tp(&["10.0.0.0/8"]);
+        assert_eq!(run("10.0.0.1", &["1.1.1.1, junk"], &t), Err(BadForwardedFor));
+        assert_eq!(run("10.0.0.1", &["1.1.1.1:80"], &t), Err(BadForwardedFor));
+        // Left of the client it is never read.
+        assert!(run("10.0.0.1", &["junk, 2.2.2.2"], &t).is_ok());
+    }
+
+    #[test]
+    fn mapped_addresses_are_canonical() {
+        let t = tp(&["::ffff:10.0.0.0/104"]);
+        let r = run("::ffff:10.0.0.1", &["::ffff:2.2.2.2"], &t).unwrap();
+        assert_eq!(r.client, ClientIp(ip("2.2.2.2")));
+        assert_eq!(canonical_net("::ffff:192.0.2.0/120".parse().unwrap()), "192.0.2.0/24".parse().unwrap());
+    }
+
+    proptest! {
+        #[test]
+        fn canonical_net_contains_what_the_mapped_net_contains(a in any::<u32>(), len in 96u8..=128, probe in any::<u32>()) {
+            let v4 = std::net::Ipv4Addr::from(a);
+            let mapped = IpNet::new(IpAddr::V6(v4.to_ipv6_mapped()), len).unwrap().trunc();
+            let canon = canonical_net(mapped);
+            let p4 = std::net::Ipv4Addr::from(probe);
+            prop_assert_eq!(mapped.contains(&IpAddr::V6(p4.to_ipv6_mapped())), canon.contains(&IpAddr::V4(p4)));
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The decision of interface.md §5 as a pure function of what the request
+//! asks and the token table: a grant or a refusal. No I/O, no clock, no
+//! metrics: everything it needs is in [`Asked`].
+
+pub mod client_ip;
+pub mod params;
+pub mod route;
+
+use std::time::SystemTime;
+
+use http::Method;
+
+use crate::denial::Denial;
+use crate::tokens::table::{Token, TokenEntry, TokenHash, TokenTable};
+use client_ip::{BadForwardedFor, ClientIp};
+use params::{Malformed, Params, Slot};
+use route::{CanonicalPath, NotCanonical};
+
+/// What became of the body before deciding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCheck {
+    /// Not a form (streams on), or a form read whole and scanned.
+    Fine,
+    /// A form over `inspect_body_bytes`.
+    TooLarge,
+    /// A body the gateway will not interpret (see `params::body_kind`).
+    Refused(&'static str),
+}
+
+/// Everything the decision looks at, gathered from one request.
+#[derive(Debug)]
+pub struct Asked<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The path as the upstream will map it.
+    pub path: Result<CanonicalPath<'a>, NotCanonical>,
+    /// APPTOKEN, ACTION and JSON from the query and a form body.
+    pub params: Result<Params<'a>, Malformed>,
+    /// What became of the body.
+    pub body: BodyCheck,
+    /// The client address.
+    pub client: Result<ClientIp, BadForwardedFor>,
+    /// The time the decision is made at (for `expires`).
+    pub now: SystemTime,
+}
+
+/// A refusal, with the token when one was found (for its counters).
+#[derive(Debug)]
+pub struct Refusal<'t> {
+    /// Why.
+    pub denial: Denial,
+    /// The token, from step 2 on.
+    pub token: Option<&'t TokenEntry>,
+}
+
+fn refuse(denial: Denial) -> Refusal<'static> {
+    Refusal { denial, token: None }
+}
+
+/// Decides a request, row by row of §5; the first failing row answers.
+pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<&'t TokenEntry, Refusal<'t>> {
+    // Row 1: find APPTOKEN. A parameter name that cannot be decoded could be
+    // APPTOKEN or ACTION, so nothing after this row can be trusted.
+    let params = asked
+        .params
+        .as_ref()
+        .map_err(|Malformed| refuse(Denial::Ambiguous("A parameter has a malformed percent-escape")))?;
+    let token = match &params.apptoken {
+        Slot::One(t) => t,
+        Slot::Conflict => return Err(refuse(Denial::Ambiguous("APPTOKEN is given twice with different values"))),
+        // The token may be in the body we could not read: say why it was not.
+        Slot::Absent => {
+            return Err(refuse(match asked.body {
+                BodyCheck::Fine => Denial::TokenMissing,
+                BodyCheck::TooLarge => Denial::BodyTooLarge,
+                BodyCheck::Refused(why) => Denial::Ambiguous(why),
+            }))
+        }
+    };
+
+    // Row 2: look it up, by digest; the digest is computed once, here.
+    let entry = table
+        .get(&TokenHash::of(&Token(token)))
+        .ok_or_else(|| refuse(Denial::TokenUnknown))?;
+    let deny = |denial| Refusal { denial, token: Some(entry) };
+
+    // Row 3: active and not expired, before anything about the request itself.
+    if !entry.active {
+        return Err(deny(Denial::TokenInactive));
+    }
+    if entry.expires.is_some_and(|e| asked.now >= e) {
+        return Err(deny(Denial::TokenExpired));
+    }
+
+    // Row 4: the client address; an unreadable X-Forwarded-For from a trusted
+    // proxy means the address is unknown, which no restriction allows.
+    let client = asked.client.map_err(|BadForwardedFor| deny(Denial::IpNotAllowed))?;
+    if !entry.ip_restriction.allows(client.0) {
+        return Err(deny(Denial::IpNotAllowed));
+    }
+
+    // Row 5: what the request asks for. The body first: ACTION may be in it.
+    match asked.body {
+        BodyCheck::Fine => {}
+        BodyCheck::TooLarge => return Err(deny(Denial::BodyTooLarge)),
+        BodyCheck::Refused(why) => return Err(deny(Denial::Ambiguous(why))),
+    }
+    let path = asked
+        .path
+        .as_ref()
+        .map_err(|NotCanonical(why)| deny(Denial::Ambiguous(why)))?;
+    if path.is_xmlapi() {
+        match &params.action {
+            // The clients' login probe.
+            Slot::Absent => Ok(entry),
+            Slot::Conflict => Err(deny(Denial::Ambiguous("ACTION is given twice with different values"))),
+            Slot::One(action) if entry.right.actions.allows(action) => Ok(entry),
+            Slot::One(_) => Err(deny(Denial::ActionNotAllowed)),
+        }
+    } else if entry.right.routes.iter().any(|r| r.matches(asked.method, path)) {
+        Ok(entry)
+    } else {
+        Err(deny(Denial::RouteNotAllowed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::file::parse;
+    use crate::tokens::state::StateRegistry;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const FILE: &str = r#"
+[access_rights.read-only]
+actions = ["TARGETDATA", "SCANNERDATA"]
+routes = ["GET /opi/rest/outscan/*"]
+[access_rights.admin]
+actions = ["*"]
+routes = ["* /*"]
+[access_rights.probe-only]
+[[token]]
+name = "ro"
+active = true
+token = "RO"
+ip_restriction = ["192.0.2.0/24", "2001:db8::/32"]
+access_right = "read-only"
+[[token]]
+name = "admin"
+active = true
+token = "AD"
+ip_restriction = []
+access_right = "admin"
+[[token]]
+name = "off"
+active = false
+token = "OFF"
+ip_restriction = []
+access_right = "admin"
+[[token]]
+name = "old"
+active = true
+token = "OLD"
+ip_restriction = []
+access_right = "admin"
+expires = 2020-01-01T00:00:00Z
+[[token]]
+name = "probe"
+active = true
+token = "PR"
+ip_restriction = []
+access_right = "probe-only"
+"#;
+
+    fn table() -> TokenTable {
+        parse(Path::new("t.toml"), FILE, &StateRegistry::default()).unwrap().table
+    }
+
+    struct Case {
+        method: Method,
+        path: &'static str,
+        query: &'static str,
+        body: &'static str,
+        body_check: BodyCheck,
+        ip: &'static str,
+        xff_bad: bool,
+    }
+
+    fn case(query: &'static str) -> Case {
+        Case {
+            method: Method::GET,
+            path: "/opi/XMLAPI",
+            query,
+            body: "",
+            body_check: BodyCheck::Fine,
+            ip: "192.0.2.10",
+            xff_bad: false,
+        }
+    }
+
+    fn run(t: &TokenTable, c: &Case) -> Result<String, Denial> {
+        let mut p = Params::default();
+        let params = p.scan(c.query.as_bytes()).and_then(|()| p.scan(c.body.as_bytes())).map(|()| p);
+        let asked = Asked {
+            method: &c.method,
+            path: CanonicalPath::parse(c.path),
+            params,
+            body: c.body_check,
+            client: if c.xff_bad { Err(BadForwardedFor) } else { Ok(ClientIp(c.ip.parse().unwrap())) },
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        };
+        decide(t, &asked).map(|e| e.name.to_string()).map_err(|r| r.denial)
+    }
+
+    #[test]
+    fn each_row_of_the_decision() {
+        use Denial::*;
+        let t = table();
+        let amb = |s| Err(Ambiguous(s));
+        let rows: Vec<(Case, Result<String, Denial>)> = vec![
+            // Row 1: find APPTOKEN.
+            (case("ACTION=TARGETDATA"), Err(TokenMissing)),
+            (case("APPTOKEN=RO&apptoken=AD"), amb("APPTOKEN is given twice with different values")),
+            (case("APPTOKEN=RO&APPTOKEN=RO&ACTION=TARGETDATA"), Ok("ro".into())),
+            (case("apptoken=RO&action=targetdata"), Ok("ro".into())),
+            (case("%41PPTOKEN=RO&ACTION=TARGETDATA"), Ok("ro".into())),
+            (case("APPTOKEN=RO&%zz=1"), amb("A parameter has a malformed percent-escape")),
+            (Case { body_check: BodyCheck::TooLarge, ..case("") }, Err(BodyTooLarge)),
+            // Row 2: look it up (exact digest: another spelling is another token).
+            (case("APPTOKEN=ro&ACTION=TARGETDATA"), Err(TokenUnknown)),
+            (case("APPTOKEN=NOPE"), Err(TokenUnknown)),
+            // Row 3: active, not expired.
+            (case("APPTOKEN=OFF"), Err(TokenInactive)),
+            (case("APPTOKEN=OLD"), Err(TokenExpired)),
+            // Row 4: client address.
+            (Case { ip: "198.51.100.1", ..case("APPTOKEN=RO") }, Err(IpNotAllowed)),
+            (Case { ip: "2001:db8::1", ..case("APPTOKEN=RO") }, Ok("ro".into())),
+            (Case { xff_bad: true, ..case("APPTOKEN=AD") }, Err(IpNotAllowed)),
+            (Case { ip: "198.51.100.1", ..case("APPTOKEN=AD&ACTION=X") }, Ok("admin".into())),
+            // Row 5: the ACTION on the XMLAPI path.
+            (case("APPTOKEN=RO"), Ok("ro".into())),
+            (case("APPTOKEN=PR"), Ok("probe".into())),
+            (case("APPTOKEN=PR&ACTION=TARGETDATA"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=RO&ACTION=REMOVETARGETDATA"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=RO&%41CTION=REMOVETARGETDATA"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=RO&ACTION="), Err(ActionNotAllowed)),
+            (case("APPTOKEN=RO&ACTION=TARGETDATA&action=REMOVETARGETDATA"), amb("ACTION is given twice with different values")),
+            (Case { body: "ACTION=REMOVETARGETDATA", ..case("APPTOKEN=RO") }, Err(ActionNotAllowed)),
+            (Case { body: "ACTION=SCANNERDATA&APPTOKEN=RO", ..case("") }, Ok("ro".into())),
+            (Case { body: "ACTION=REMOVETARGETDATA", ..case("APPTOKEN=RO&ACTION=TARGETDATA") }, amb("ACTION is given twice with different values")),
+            (Case { body_check: BodyCheck::TooLarge, ..case("APPTOKEN=RO") }, Err(BodyTooLarge)),
+            (Case { body_check: BodyCheck::Refused("r"), ..case("APPTOKEN=RO") }, amb("r")),
+            (Case { path: "/opi/xmlapi", ..case("APPTOKEN=RO&ACTION=REMOVETARGETDATA") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/XMLAPI;x=1", ..case("APPTOKEN=RO&ACTION=REMOVETARGETDATA") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/%58MLAPI", ..case("APPTOKEN=RO&ACTION=TARGETDATA") }, Ok("ro".into())),
+            (Case { path: "/opi%2FXMLAPI", ..case("APPTOKEN=AD") }, amb("the path encodes a separator, a NUL or a percent sign")),
+            // Row 5: routes off the XMLAPI path.
+            (Case { path: "/opi/rest/outscan/targets", ..case("APPTOKEN=RO") }, Ok("ro".into())),
+            (Case { path: "/opi/rest/outscan/targets", method: Method::DELETE, ..case("APPTOKEN=RO") }, Err(RouteNotAllowed)),
+            (Case { path: "/opi/rest/outscan/../admin/x", ..case("APPTOKEN=RO") }, Err(RouteNotAllowed)),
+            (Case { path: "/opi/rest/admin", method: Method::DELETE, ..case("APPTOKEN=AD") }, Ok("admin".into())),
+            (Case { path: "/opi/rest/outscan/x", ..case("APPTOKEN=PR") }, Err(RouteNotAllowed)),
+        ];
+        for (i, (c, want)) in rows.iter().enumerate() {
+            assert_eq!(&run(&t, c), want, "row {i}: {} {}?{} body={:?}", c.method, c.path, c.query, c.body);
+        }
+    }
+
+    #[test]
+    fn refusals_after_lookup_carry_the_token() {
+        let t = table();
+        let c = case("APPTOKEN=RO&ACTION=REMOVETARGETDATA");
+        let mut p = Params::default();
+        p.scan(c.query.as_bytes()).unwrap();
+        let asked = Asked {
+            method: &c.method,
+            path: CanonicalPath::parse(c.path),
+            params: Ok(p),
+            body: BodyCheck::Fine,
+            client: Ok(ClientIp(c.ip.parse().unwrap())),
+            now: SystemTime::now(),
+        };
+        let r = decide(&t, &asked).unwrap_err();
+        assert_eq!(r.token.map(|e| &*e.name), Some("ro"));
+    }
+}

@@ -1,0 +1,408 @@
+//! APPTOKEN, ACTION and JSON as the scanner's servlet container reads them,
+//! from the query string and from a form body. Pure: no I/O.
+//!
+//! Tomcat splits on `&`, splits each piece at its first `=`, percent-decodes
+//! name and value (`+` is a space) and compares names case-sensitively. The
+//! gateway decodes the same way but compares names without regard to ASCII
+//! case, so it sees every parameter the container could take as ACTION or
+//! APPTOKEN, and more. A name it cannot decode might be either, so it refuses.
+
+use std::borrow::Cow;
+
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use http::HeaderMap;
+
+use super::route::hex_val;
+
+/// A parameter that was found zero, one or several times.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Slot<'a> {
+    /// Not given.
+    #[default]
+    Absent,
+    /// Given once, or several times with the same decoded value.
+    One(Cow<'a, [u8]>),
+    /// Given several times with different values.
+    Conflict,
+}
+
+impl<'a> Slot<'a> {
+    fn add(&mut self, v: Cow<'a, [u8]>) {
+        *self = match std::mem::take(self) {
+            Slot::Absent => Slot::One(v),
+            Slot::One(old) if old == v => Slot::One(old),
+            Slot::One(_) | Slot::Conflict => Slot::Conflict,
+        };
+    }
+}
+
+/// What the gateway decides on, gathered from the query and the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params<'a> {
+    /// Every `APPTOKEN` (any letter case).
+    pub apptoken: Slot<'a>,
+    /// Every `ACTION` (any letter case).
+    pub action: Slot<'a>,
+    /// `JSON=1` was given: refusals are shaped as JSON.
+    pub json: bool,
+}
+
+/// A parameter whose name (or APPTOKEN/ACTION value) has a broken escape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Which parameter a piece of a query or form body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    /// `APPTOKEN` in any letter case.
+    AppToken,
+    /// `ACTION` in any letter case.
+    Action,
+    /// `JSON` in any letter case.
+    Json,
+    /// Anything else.
+    Other,
+}
+
+impl<'a> Params<'a> {
+    /// Adds the parameters of one `a=b&c=d` string (a query or a form body).
+    pub fn scan(&mut self, input: &'a [u8]) -> Result<(), Malformed> {
+        for piece in input.split(|&b| b == b'&') {
+            let (raw_name, raw_value) = split_piece(piece);
+            match classify(raw_name)? {
+                Name::AppToken => self.apptoken.add(decode(raw_value)?),
+                Name::Action => self.action.add(decode(raw_value)?),
+                Name::Json => self.json |= raw_value == b"1",
+                Name::Other => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn split_piece(piece: &[u8]) -> (&[u8], &[u8]) {
+    match piece.iter().position(|&b| b == b'=') {
+        Some(i) => (&piece[..i], &piece[i + 1..]),
+        None => (piece, &[]),
+    }
+}
+
+/// Decodes a parameter name just far enough to know which one it is, without
+/// allocating. Every escape in it must be well formed.
+pub fn classify(raw: &[u8]) -> Result<Name, Malformed> {
+    let mut buf = [0u8; 8];
+    let mut n = 0usize;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = match raw[i] {
+            b'%' => {
+                let h = raw.get(i + 1).and_then(|&c| hex_val(c)).ok_or(Malformed)?;
+                let l = raw.get(i + 2).and_then(|&c| hex_val(c)).ok_or(Malformed)?;
+                i += 3;
+                h << 4 | l
+            }
+            b'+' => {
+                i += 1;
+                b' '
+            }
+            c => {
+                i += 1;
+                c
+            }
+        };
+        if n < buf.len() {
+            buf[n] = b.to_ascii_lowercase();
+        }
+        n += 1;
+    }
+    Ok(match (n, &buf[..n.min(8)]) {
+        (8, b"apptoken") => Name::AppToken,
+        (6, b"action") => Name::Action,
+        (4, b"json") => Name::Json,
+        _ => Name::Other,
+    })
+}
+
+/// Percent-decodes a value (`+` is a space), borrowing when there is nothing
+/// to decode.
+pub fn decode(raw: &[u8]) -> Result<Cow<'_, [u8]>, Malformed> {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'%' => {
+                let h = raw.get(i + 1).and_then(|&c| hex_val(c)).ok_or(Malformed)?;
+                let l = raw.get(i + 2).and_then(|&c| hex_val(c)).ok_or(Malformed)?;
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Copies `input` (a query or form body) to `out` without its APPTOKEN
+/// pieces; every other byte stays as the caller sent it. Returns whether
+/// anything was removed. Call after [`Params::scan`] succeeded on `input`.
+pub fn strip_apptoken(input: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut removed = false;
+    let mut first = true;
+    for piece in input.split(|&b| b == b'&') {
+        if matches!(classify(split_piece(piece).0), Ok(Name::AppToken)) {
+            removed = true;
+            continue;
+        }
+        if !first {
+            out.push(b'&');
+        }
+        out.extend_from_slice(piece);
+        first = false;
+    }
+    removed
+}
+
+/// What to do with a request body before deciding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Not a form: the container reads no parameters from it; it streams.
+    Opaque,
+    /// `application/x-www-form-urlencoded` in an ASCII-compatible charset:
+    /// read it (up to the limit), decide on it, strip APPTOKEN from it.
+    Form,
+    /// A body the container might read parameters from in a way the gateway
+    /// does not follow with certainty.
+    Refused(&'static str),
+}
+
+/// Charsets in which the bytes of `APPTOKEN` and `ACTION` can only be those
+/// ASCII bytes. In any other (UTF-16, EBCDIC, UTF-7) the container could
+/// decode a name the gateway did not see.
+const ASCII_COMPATIBLE: [&str; 11] = [
+    "utf-8",
+    "utf8",
+    "iso-8859-1",
+    "iso_8859-1",
+    "latin1",
+    "l1",
+    "us-ascii",
+    "ascii",
+    "windows-1252",
+    "cp1252",
+    "iso-8859-15",
+];
+
+/// Classifies a request body by its headers, as Tomcat would decide whether
+/// to parse it for parameters (form type in any letter case, any charset).
+pub fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    let Some(ct) = types.next() else {
+        return BodyKind::Opaque;
+    };
+    if types.next().is_some() {
+        return BodyKind::Refused("The request has more than one Content-Type");
+    }
+    let Ok(ct) = ct.to_str() else {
+        return BodyKind::Refused("The Content-Type is not readable");
+    };
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or("").trim_matches(|c: char| c <= ' ');
+    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        let mut charset_ok = true;
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else { continue };
+            if k.trim().eq_ignore_ascii_case("charset") {
+                let v = v.trim().trim_matches('"');
+                charset_ok &= ASCII_COMPATIBLE.iter().any(|c| c.eq_ignore_ascii_case(v));
+            }
+        }
+        if !charset_ok {
+            return BodyKind::Refused("The form body's charset is not supported");
+        }
+        if headers
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return BodyKind::Refused("A content-encoded form body is not supported");
+        }
+        return BodyKind::Form;
+    }
+    if essence.eq_ignore_ascii_case("multipart/form-data") {
+        return BodyKind::Refused("multipart/form-data bodies are not supported");
+    }
+    if essence.to_ascii_lowercase().contains("form") {
+        return BodyKind::Refused("The Content-Type is not understood");
+    }
+    BodyKind::Opaque
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scan(q: &str) -> Result<Params<'_>, Malformed> {
+        let mut p = Params::default();
+        p.scan(q.as_bytes())?;
+        Ok(p)
+    }
+
+    fn one(s: &str) -> Slot<'static> {
+        Slot::One(Cow::Owned(s.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn names_in_any_case_and_encoding_are_seen() {
+        for q in [
+            "ACTION=X",
+            "action=X",
+            "AcTiOn=X",
+            "%41CTION=X",
+            "%61ction=X",
+            "ACTIO%4e=X",
+            "ACTIO%4E=X",
+        ] {
+            assert_eq!(scan(q).unwrap().action, one("X"), "{q}");
+        }
+        for q in ["ACTION+=X", "ACTION%20=X", "ACTIONS=X", "XACTION=X", "ACTION%00=X", "ACT=X"] {
+            assert_eq!(scan(q).unwrap().action, Slot::Absent, "{q}");
+        }
+    }
+
+    #[test]
+    fn values_are_decoded() {
+        assert_eq!(scan("ACTION=TARGET%44ATA").unwrap().action, one("TARGETDATA"));
+        assert_eq!(scan("ACTION=A+B").unwrap().action, one("A B"));
+        assert_eq!(scan("ACTION").unwrap().action, one(""));
+        assert_eq!(scan("ACTION=a=b").unwrap().action, one("a=b"));
+    }
+
+    #[test]
+    fn duplicates_conflict_only_when_different() {
+        assert_eq!(scan("ACTION=X&action=X").unwrap().action, one("X"));
+        assert_eq!(scan("ACTION=X&ACTION=%58").unwrap().action, one("X"));
+        assert_eq!(scan("ACTION=X&ACTION=Y").unwrap().action, Slot::Conflict);
+        assert_eq!(scan("APPTOKEN=a&apptoken=b").unwrap().apptoken, Slot::Conflict);
+        assert_eq!(scan("ACTION=X&ACTION=Y&ACTION=X").unwrap().action, Slot::Conflict);
+    }
+
+    #[test]
+    fn broken_escapes_in_names_or_watched_values_are_malformed() {
+        for q in ["%4=X", "ACTION%=X", "%zzCTION=X", "ACTION=%4", "APPTOKEN=%G0"] {
+            assert_eq!(scan(q), Err(Malformed), "{q}");
+        }
+        // A broken escape in another parameter's value does not matter.
+        assert!(scan("OTHER=%zz&ACTION=X").is_ok());
+    }
+
+    #[test]
+    fn json_flag() {
+        assert!(scan("JSON=1").unwrap().json);
+        assert!(scan("json=1").unwrap().json);
+        assert!(!scan("JSON=0").unwrap().json);
+    }
+
+    #[test]
+    fn strip_removes_every_apptoken_and_keeps_the_rest() {
+        let cases = [
+            ("APPTOKEN=a&ACTION=X", "ACTION=X"),
+            ("ACTION=X&APPTOKEN=a", "ACTION=X"),
+            ("A=1&apptoken=a&%41PPTOKEN=b&B=%zz", "A=1&B=%zz"),
+            ("APPTOKEN=a", ""),
+            ("A=1&&B=2", "A=1&&B=2"),
+            ("", ""),
+        ];
+        for (input, want) in cases {
+            let mut out = Vec::new();
+            strip_apptoken(input.as_bytes(), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{input}");
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn body_kinds() {
+        let form = "application/x-www-form-urlencoded";
+        assert_eq!(body_kind(&headers(&[])), BodyKind::Opaque);
+        assert_eq!(body_kind(&headers(&[("content-type", form)])), BodyKind::Form);
+        assert_eq!(
+            body_kind(&headers(&[("content-type", "Application/X-WWW-Form-URLEncoded; charset=UTF-8")])),
+            BodyKind::Form
+        );
+        assert_eq!(
+            body_kind(&headers(&[("content-type", "application/x-www-form-urlencoded; charset=\"ISO-8859-1\"")])),
+            BodyKind::Form
+        );
+        assert_eq!(body_kind(&headers(&[("content-type", "application/json")])), BodyKind::Opaque);
+        for refused in [
+            vec![("content-type", "application/x-www-form-urlencoded; charset=UTF-16")],
+            vec![("content-type", "application/x-www-form-urlencoded; charset=IBM037")],
+            vec![("content-type", "multipart/form-data; boundary=x")],
+            vec![("content-type", "MULTIPART/FORM-DATA; boundary=x")],
+            vec![("content-type", "application/x-www-form-urlencoded, text/plain")],
+            vec![("content-type", form), ("content-type", form)],
+            vec![("content-type", form), ("content-encoding", "gzip")],
+        ] {
+            assert!(matches!(body_kind(&headers(&refused)), BodyKind::Refused(_)), "{refused:?}");
+        }
+    }
+
+    /// A reference decoder in the container's manner: decode the name fully,
+    /// then compare.
+    fn reference_name(raw: &[u8]) -> Option<Vec<u8>> {
+        decode(raw).ok().map(|c| c.into_owned())
+    }
+
+    proptest! {
+        #[test]
+        fn classify_agrees_with_full_decoding(raw in proptest::collection::vec(
+            prop_oneof![Just(b'%'), Just(b'+'), Just(b'A'), Just(b'a'), Just(b'4'), Just(b'1'),
+                        Just(b'C'), Just(b'T'), Just(b'I'), Just(b'O'), Just(b'N'), any::<u8>()], 0..14)) {
+            match (classify(&raw), reference_name(&raw)) {
+                (Err(Malformed), None) => {}
+                (Ok(kind), Some(name)) => {
+                    let lower = name.to_ascii_lowercase();
+                    let want = match lower.as_slice() {
+                        b"apptoken" => Name::AppToken,
+                        b"action" => Name::Action,
+                        b"json" => Name::Json,
+                        _ => Name::Other,
+                    };
+                    prop_assert_eq!(kind, want);
+                }
+                (a, b) => prop_assert!(false, "classify {:?} vs decode {:?}", a, b),
+            }
+        }
+
+        #[test]
+        fn stripped_input_has_no_apptoken_and_same_others(q in "[A-Za-z%=&+0-9]{0,40}") {
+            let mut p = Params::default();
+            if p.scan(q.as_bytes()).is_ok() {
+                let mut out = Vec::new();
+                strip_apptoken(q.as_bytes(), &mut out);
+                let mut again = Params::default();
+                again.scan(&out).unwrap();
+                prop_assert_eq!(again.apptoken, Slot::Absent);
+                prop_assert_eq!(again.action, p.action);
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What requests change as they run, per token name, and what must outlive a
+//! reload: last use, last client address, counts by decision. The registry is
+//! consulted when a table is built; requests touch only their entry's atomics.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+use crate::denial::DENIAL_CODES;
+
+/// Index of "allowed" in [`TokenState::counts`]; denials follow their codes.
+pub const ALLOWED: usize = DENIAL_CODES.len();
+
+/// One token's live state.
+#[derive(Debug, Default)]
+pub struct TokenState {
+    last_use_ms: AtomicU64,
+    last_ip: Mutex<Option<IpAddr>>,
+    /// Requests by decision: one per denial code, then allowed.
+    counts: [AtomicU64; ALLOWED + 1],
+}
+
+impl TokenState {
+    /// Records one decision made for this token.
+    pub fn record(&self, outcome: usize, ip: IpAddr, now: SystemTime) {
+        self.counts[outcome].fetch_add(1, Ordering::Relaxed);
+        let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_use_ms.fetch_max(ms, Ordering::Relaxed);
+        // A per-token lock held for a copy; never shared across tokens.
+        if let Ok(mut g) = self.last_ip.lock() {
+            *g = Some(ip);
+        }
+    }
+
+    /// Last use, if any.
+    pub fn last_use(&self) -> Option<SystemTime> {
+        match self.last_use_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// The client address of the last use.
+    pub fn last_ip(&self) -> Option<IpAddr> {
+        self.last_ip.lock().ok().and_then(|g| *g)
+    }
+
+    /// Count for one outcome index.
+    pub fn count(&self, outcome: usize) -> u64 {
+        self.counts[outcome].load(Ordering::Relaxed)
+    }
+}
+
+/// Live state by token name, across reloads.
+#[derive(Debug, Default)]
+pub struct StateRegistry {
+    by_name: DashMap<Arc<str>, Arc<TokenState>>,
+}
+
+impl StateRegistry {
+    /// The state for `name`, created on first sight. Called by the loader.
+    pub fn for_name(&self, name: &Arc<str>) -> Arc<TokenState> {
+        if let Some(s) = self.by_name.get(name) {
+            return s.clone();
+        }
+        self.by_name.entry(name.clone()).or_default().clone()
+    }
+
+    /// Forgets names no longer in the table (after a swap), so that a removed
+    /// and re-added name starts afresh only when it was gone.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.by_name.retain(|k, _| keep(k));
+    }
+}
