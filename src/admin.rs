@@ -1,1 +1,102 @@
-//! todo
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/tokens`. Never on
+//! the proxy port; never shows a token or a digest.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::denial::DENIAL_CODES;
+use crate::proxy::Shared;
+use crate::tokens::state::ALLOWED;
+
+/// Answers one admin request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            // A table is loaded from start on; the upstream must have answered.
+            if shared.metrics.upstream_ready() {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "the upstream has not answered yet\n".into(),
+                )
+            }
+        }
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.render(shared.tokens.states()),
+        ),
+        "/tokens" => text(StatusCode::OK, "application/json", tokens_json(&shared)),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /metrics /healthz /readyz /tokens\n".into(),
+        ),
+    })
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn tokens_json(shared: &Shared) -> String {
+    let table = shared.tokens.current();
+    let mut entries: Vec<_> = table.entries().collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let mut counts = serde_json::Map::new();
+            counts.insert("allowed".into(), e.state.count(ALLOWED).into());
+            for (i, code) in DENIAL_CODES.iter().enumerate() {
+                let n = e.state.count(i);
+                if n > 0 {
+                    counts.insert((*code).into(), n.into());
+                }
+            }
+            serde_json::json!({
+                "name": &*e.name,
+                "access_right": &*e.right.name,
+                "active": e.active,
+                "expires": e.expires.map(rfc3339),
+                "ip_restriction": e.ip_restriction.nets().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                "last_use": e.state.last_use().map(rfc3339),
+                "last_client_ip": e.state.last_ip().map(|ip| ip.to_string()),
+                "requests": counts,
+            })
+        })
+        .collect();
+    let mut s =
+        serde_json::to_string_pretty(&serde_json::json!({ "tokens": list })).unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -23,7 +23,14 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
         }
     }
 }
@@ -59,7 +66,11 @@ pub struct Source<'a> {
 impl<'a> Source<'a> {
     /// Starts collecting errors for `text`, read from `path`.
     pub fn new(path: &'a Path, text: &'a str) -> Self {
-        Self { path, text, errors: Vec::new() }
+        Self {
+            path,
+            text,
+            errors: Vec::new(),
+        }
     }
 
     /// The file's path.

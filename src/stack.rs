@@ -1,1 +1,61 @@
-//! todo
+//! The tower stack every proxied request goes through, assembled here and
+//! nowhere else, outermost layer first. `server` runs it per connection;
+//! `proxy::handle` is its innermost service.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tower::{Service, ServiceBuilder};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use crate::decide::client_ip::PeerAddr;
+use crate::denial::xmlapi_error;
+use crate::proxy::{handle, Shared};
+
+/// Builds the stack for one client connection from `peer`.
+pub fn proxy(
+    shared: Arc<Shared>,
+    peer: PeerAddr,
+    body_idle_timeout: Duration,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<
+        impl http_body::Body<Data = Bytes, Error = impl Into<tower_http::BoxError>> + Send + 'static,
+    >,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    let svc = ServiceBuilder::new()
+        // A bug that panics answers one request with a 500 in the XMLAPI's
+        // shape; the connection, the process and every other request go on.
+        // The panic message is not sent: it could quote request data.
+        .layer(CatchPanicLayer::custom(panic_answer))
+        // A client that stalls between two pieces of its body is cut off,
+        // so it cannot hold a connection slot and a buffer forever.
+        .layer(RequestBodyTimeoutLayer::new(body_idle_timeout))
+        // Decide, then refuse or forward (interface.md §5, §6).
+        .service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(shared, peer, req).await) }
+        });
+    svc
+}
+
+fn panic_answer(_payload: Box<dyn Any + Send + 'static>) -> Response<Full<Bytes>> {
+    xmlapi_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL_ERROR",
+        "The gateway failed to handle the request",
+        false,
+    )
+    .map(Full::new)
+}

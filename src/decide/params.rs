@@ -220,7 +220,9 @@ pub fn body_kind(headers: &HeaderMap) -> BodyKind {
     if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         let mut charset_ok = true;
         for p in parts {
-            let Some((k, v)) = p.split_once('=') else { continue };
+            let Some((k, v)) = p.split_once('=') else {
+                continue;
+            };
             if k.trim().eq_ignore_ascii_case("charset") {
                 let v = v.trim().trim_matches('"');
                 charset_ok &= ASCII_COMPATIBLE.iter().any(|c| c.eq_ignore_ascii_case(v));
@@ -275,14 +277,24 @@ mod tests {
         ] {
             assert_eq!(scan(q).unwrap().action, one("X"), "{q}");
         }
-        for q in ["ACTION+=X", "ACTION%20=X", "ACTIONS=X", "XACTION=X", "ACTION%00=X", "ACT=X"] {
+        for q in [
+            "ACTION+=X",
+            "ACTION%20=X",
+            "ACTIONS=X",
+            "XACTION=X",
+            "ACTION%00=X",
+            "ACT=X",
+        ] {
             assert_eq!(scan(q).unwrap().action, Slot::Absent, "{q}");
         }
     }
 
     #[test]
     fn values_are_decoded() {
-        assert_eq!(scan("ACTION=TARGET%44ATA").unwrap().action, one("TARGETDATA"));
+        assert_eq!(
+            scan("ACTION=TARGET%44ATA").unwrap().action,
+            one("TARGETDATA")
+        );
         assert_eq!(scan("ACTION=A+B").unwrap().action, one("A B"));
         assert_eq!(scan("ACTION").unwrap().action, one(""));
         assert_eq!(scan("ACTION=a=b").unwrap().action, one("a=b"));
@@ -293,13 +305,25 @@ mod tests {
         assert_eq!(scan("ACTION=X&action=X").unwrap().action, one("X"));
         assert_eq!(scan("ACTION=X&ACTION=%58").unwrap().action, one("X"));
         assert_eq!(scan("ACTION=X&ACTION=Y").unwrap().action, Slot::Conflict);
-        assert_eq!(scan("APPTOKEN=a&apptoken=b").unwrap().apptoken, Slot::Conflict);
-        assert_eq!(scan("ACTION=X&ACTION=Y&ACTION=X").unwrap().action, Slot::Conflict);
+        assert_eq!(
+            scan("APPTOKEN=a&apptoken=b").unwrap().apptoken,
+            Slot::Conflict
+        );
+        assert_eq!(
+            scan("ACTION=X&ACTION=Y&ACTION=X").unwrap().action,
+            Slot::Conflict
+        );
     }
 
     #[test]
     fn broken_escapes_in_names_or_watched_values_are_malformed() {
-        for q in ["%4=X", "ACTION%=X", "%zzCTION=X", "ACTION=%4", "APPTOKEN=%G0"] {
+        for q in [
+            "%4=X",
+            "ACTION%=X",
+            "%zzCTION=X",
+            "ACTION=%4",
+            "APPTOKEN=%G0",
+        ] {
             assert_eq!(scan(q), Err(Malformed), "{q}");
         }
         // A broken escape in another parameter's value does not matter.
@@ -342,26 +366,50 @@ mod tests {
     fn body_kinds() {
         let form = "application/x-www-form-urlencoded";
         assert_eq!(body_kind(&headers(&[])), BodyKind::Opaque);
-        assert_eq!(body_kind(&headers(&[("content-type", form)])), BodyKind::Form);
         assert_eq!(
-            body_kind(&headers(&[("content-type", "Application/X-WWW-Form-URLEncoded; charset=UTF-8")])),
+            body_kind(&headers(&[("content-type", form)])),
             BodyKind::Form
         );
         assert_eq!(
-            body_kind(&headers(&[("content-type", "application/x-www-form-urlencoded; charset=\"ISO-8859-1\"")])),
+            body_kind(&headers(&[(
+                "content-type",
+                "Application/X-WWW-Form-URLEncoded; charset=UTF-8"
+            )])),
             BodyKind::Form
         );
-        assert_eq!(body_kind(&headers(&[("content-type", "application/json")])), BodyKind::Opaque);
+        assert_eq!(
+            body_kind(&headers(&[(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=\"ISO-8859-1\""
+            )])),
+            BodyKind::Form
+        );
+        assert_eq!(
+            body_kind(&headers(&[("content-type", "application/json")])),
+            BodyKind::Opaque
+        );
         for refused in [
-            vec![("content-type", "application/x-www-form-urlencoded; charset=UTF-16")],
-            vec![("content-type", "application/x-www-form-urlencoded; charset=IBM037")],
+            vec![(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=UTF-16",
+            )],
+            vec![(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=IBM037",
+            )],
             vec![("content-type", "multipart/form-data; boundary=x")],
             vec![("content-type", "MULTIPART/FORM-DATA; boundary=x")],
-            vec![("content-type", "application/x-www-form-urlencoded, text/plain")],
+            vec![(
+                "content-type",
+                "application/x-www-form-urlencoded, text/plain",
+            )],
             vec![("content-type", form), ("content-type", form)],
             vec![("content-type", form), ("content-encoding", "gzip")],
         ] {
-            assert!(matches!(body_kind(&headers(&refused)), BodyKind::Refused(_)), "{refused:?}");
+            assert!(
+                matches!(body_kind(&headers(&refused)), BodyKind::Refused(_)),
+                "{refused:?}"
+            );
         }
     }
 

@@ -34,7 +34,9 @@ impl<'a> CanonicalPath<'a> {
             return Err(NotCanonical("the request target is not an absolute path"));
         }
         if is_plain(raw) {
-            return Ok(Self { decoded: Cow::Borrowed(raw) });
+            return Ok(Self {
+                decoded: Cow::Borrowed(raw),
+            });
         }
         let mut out: Vec<String> = Vec::new();
         let trailing_slash = raw.len() > 1 && raw.ends_with('/');
@@ -67,7 +69,9 @@ impl<'a> CanonicalPath<'a> {
         if decoded.is_empty() || (trailing_slash && !out.is_empty()) {
             decoded.push('/');
         }
-        Ok(Self { decoded: Cow::Owned(decoded) })
+        Ok(Self {
+            decoded: Cow::Owned(decoded),
+        })
     }
 
     /// The decoded path, as routes are matched against it.
@@ -134,8 +138,22 @@ fn is_pchar_or_slash(c: char) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
-            '/' | '-' | '.' | '_' | '~' | '!' | '$' | '&' | '\'' | '(' | ')' | '*' | '+' | ',' | '='
-                | ':' | '@'
+            '/' | '-'
+                | '.'
+                | '_'
+                | '~'
+                | '!'
+                | '$'
+                | '&'
+                | '\''
+                | '('
+                | ')'
+                | '*'
+                | '+'
+                | ','
+                | '='
+                | ':'
+                | '@'
         )
 }
 
@@ -198,7 +216,10 @@ impl RoutePattern {
         if !p.starts_with('/') {
             return Err(format!("route {s:?}: the path glob must start with '/'"));
         }
-        Ok(Self { method, glob: p.into() })
+        Ok(Self {
+            method,
+            glob: p.into(),
+        })
     }
 
     /// Whether a request with this method and canonical path is covered.
@@ -251,7 +272,12 @@ mod tests {
 
     #[test]
     fn plain_paths_are_borrowed_unchanged() {
-        for p in ["/opi/XMLAPI", "/", "/opi/rest/outscan/targets/", "/a.b/c-d_e~f"] {
+        for p in [
+            "/opi/XMLAPI",
+            "/",
+            "/opi/rest/outscan/targets/",
+            "/a.b/c-d_e~f",
+        ] {
             let c = CanonicalPath::parse(p).unwrap();
             assert!(c.is_unchanged(), "{p}");
             assert_eq!(c.as_str(), p);

@@ -85,7 +85,10 @@ pub fn parse(path: &Path, text: &str, states: &StateRegistry) -> Result<Loaded, 
     for (key, _) in doc.iter() {
         if key != "access_rights" && key != "token" {
             let span = doc.key(key).and_then(|k| k.span());
-            src.error(span, format!("unknown key `{key}`: expected `access_rights` or `token`"));
+            src.error(
+                span,
+                format!("unknown key `{key}`: expected `access_rights` or `token`"),
+            );
         }
     }
 
@@ -97,7 +100,10 @@ pub fn parse(path: &Path, text: &str, states: &StateRegistry) -> Result<Loaded, 
         return Err(ConfigErrors(src.into_errors()));
     }
     let rights: Vec<Arc<AccessRight>> = rights.into_values().collect();
-    Ok(Loaded { table: TokenTable::new(entries, rights), warnings })
+    Ok(Loaded {
+        table: TokenTable::new(entries, rights),
+        warnings,
+    })
 }
 
 fn parse_rights(doc: &ImDocument<&str>, src: &mut Source<'_>) -> HashMap<String, Arc<AccessRight>> {
@@ -106,7 +112,10 @@ fn parse_rights(doc: &ImDocument<&str>, src: &mut Source<'_>) -> HashMap<String,
         return out;
     };
     let Some(table) = item.as_table_like() else {
-        src.error(item.span(), "`access_rights` must be a table of named rights");
+        src.error(
+            item.span(),
+            "`access_rights` must be a table of named rights",
+        );
         return out;
     };
     for (name, item) in table.iter() {
@@ -132,7 +141,10 @@ fn parse_rights(doc: &ImDocument<&str>, src: &mut Source<'_>) -> HashMap<String,
             if v == "*" {
                 any = true;
             } else if v.is_empty() || !v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-                src.error(Some(a.span()), format!("{v:?} is not an XMLAPI ACTION name (letters, digits, _) or \"*\""));
+                src.error(
+                    Some(a.span()),
+                    format!("{v:?} is not an XMLAPI ACTION name (letters, digits, _) or \"*\""),
+                );
             } else {
                 actions.push(v.to_ascii_uppercase().into_boxed_str());
             }
@@ -144,10 +156,18 @@ fn parse_rights(doc: &ImDocument<&str>, src: &mut Source<'_>) -> HashMap<String,
                 Err(msg) => src.error(Some(r.span()), msg),
             }
         }
-        let actions = if any { Actions::Any } else { Actions::Listed(actions.into()) };
+        let actions = if any {
+            Actions::Any
+        } else {
+            Actions::Listed(actions.into())
+        };
         out.insert(
             name.to_string(),
-            Arc::new(AccessRight { name: name.into(), actions, routes: routes.into() }),
+            Arc::new(AccessRight {
+                name: name.into(),
+                actions,
+                routes: routes.into(),
+            }),
         );
     }
     out
@@ -192,7 +212,10 @@ fn parse_tokens(
         if name.trim().is_empty() {
             src.error(Some(raw.name.span()), "`name` must not be empty");
         } else if let Some(first) = names.get(name.as_str()) {
-            src.error(Some(raw.name.span()), format!("duplicate name `{name}`: first used at line {first}"));
+            src.error(
+                Some(raw.name.span()),
+                format!("duplicate name `{name}`: first used at line {first}"),
+            );
         } else {
             names.insert(name.clone(), line);
         }
@@ -203,13 +226,19 @@ fn parse_tokens(
                 None
             }
             (None, None) => {
-                src.error(span.clone(), format!("token `{name}` needs `token_sha256` (or `token`)"));
+                src.error(
+                    span.clone(),
+                    format!("token `{name}` needs `token_sha256` (or `token`)"),
+                );
                 None
             }
             (None, Some(d)) => {
                 let h = TokenHash::from_hex(d.get_ref().trim());
                 if h.is_none() {
-                    src.error(Some(d.span()), "`token_sha256` must be 64 hex digits (the SHA-256 of the token)");
+                    src.error(
+                        Some(d.span()),
+                        "`token_sha256` must be 64 hex digits (the SHA-256 of the token)",
+                    );
                 }
                 h
             }
@@ -230,8 +259,17 @@ fn parse_tokens(
         };
         if let Some(h) = hash {
             if let Some((first, other)) = digests.get(&h) {
-                let at = raw.token_sha256.as_ref().map(|d| d.span()).or(raw.token.as_ref().map(|t| t.span()));
-                src.error(at, format!("duplicate token: `{name}` is the same token as `{other}` at line {first}"));
+                let at = raw
+                    .token_sha256
+                    .as_ref()
+                    .map(|d| d.span())
+                    .or(raw.token.as_ref().map(|t| t.span()));
+                src.error(
+                    at,
+                    format!(
+                        "duplicate token: `{name}` is the same token as `{other}` at line {first}"
+                    ),
+                );
             } else {
                 digests.insert(h, (line, name.clone()));
             }
@@ -241,7 +279,10 @@ fn parse_tokens(
         for entry in &raw.ip_restriction {
             match parse_cidr(entry.get_ref()) {
                 Some(n) => nets.push(n),
-                None => src.error(Some(entry.span()), format!("{:?} is not an IP address or CIDR", entry.get_ref())),
+                None => src.error(
+                    Some(entry.span()),
+                    format!("{:?} is not an IP address or CIDR", entry.get_ref()),
+                ),
             }
         }
 
@@ -249,7 +290,10 @@ fn parse_tokens(
         if right.is_none() {
             src.error(
                 Some(raw.access_right.span()),
-                format!("access right `{}` is not defined in [access_rights]", raw.access_right.get_ref()),
+                format!(
+                    "access right `{}` is not defined in [access_rights]",
+                    raw.access_right.get_ref()
+                ),
             );
         }
 
@@ -304,7 +348,11 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -350,12 +398,19 @@ access_right = "admin"
         assert!(e.expires.is_some());
         assert!(l.table.get(&TokenHash::of(&Token(b"plain"))).is_some());
         assert_eq!(l.warnings.len(), 1);
-        assert!(l.warnings[0].to_string().starts_with("tokens.toml:21:9: token `ops` is stored in plain text"));
+        assert!(l.warnings[0]
+            .to_string()
+            .starts_with("tokens.toml:21:9: token `ops` is stored in plain text"));
         assert!(!l.warnings[0].message.contains("\"plain\""));
     }
 
     fn errors(text: &str) -> Vec<String> {
-        parse_str(text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+        parse_str(text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -449,7 +504,9 @@ access_right = "r"
         let errs = errors(text);
         assert_eq!(errs.len(), 2, "{errs:#?}");
         assert!(errs[0].starts_with("tokens.toml:9:8: duplicate name `a`: first used at line 2"));
-        assert!(errs[1].starts_with("tokens.toml:11:16: duplicate token: `a` is the same token as `a` at line 2"));
+        assert!(errs[1].starts_with(
+            "tokens.toml:11:16: duplicate token: `a` is the same token as `a` at line 2"
+        ));
         assert!(!errs.iter().any(|e| e.contains("secret")));
     }
 
@@ -465,6 +522,10 @@ access_right = "r"
         // A write that stopped after access_right, before ip_restriction.
         let cut = GOOD.split("ip_restriction = []").next().unwrap();
         let errs = errors(cut);
-        assert!(errs.iter().any(|e| e.contains("missing field `ip_restriction`")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("missing field `ip_restriction`")),
+            "{errs:?}"
+        );
     }
 }

@@ -80,7 +80,9 @@ impl Actions {
     pub fn allows(&self, action: &[u8]) -> bool {
         match self {
             Actions::Any => true,
-            Actions::Listed(list) => list.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(action)),
+            Actions::Listed(list) => list
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(action)),
         }
     }
 }

@@ -1,1 +1,9 @@
+//! tokengate's integration tests: the real binary, a mock upstream that
+//! records what reaches it, on ephemeral ports of 127.0.0.1.
 
+mod harness;
+
+mod admin;
+mod cli;
+mod decision;
+mod forwarding;

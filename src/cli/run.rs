@@ -1,0 +1,208 @@
+//! `tokengate run`: load both files (every error printed, exit 1, when either
+//! is invalid), bind the listeners, and serve until SIGTERM or Ctrl-C.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::decide::client_ip::{PeerAddr, TrustedProxies};
+use crate::proxy::upstream::Upstream;
+use crate::proxy::Shared;
+use crate::telemetry::metrics::Metrics;
+use crate::tokens::reload::TokenStore;
+use crate::{admin, server, stack, telemetry};
+
+/// Serves; returns the exit code.
+pub fn run(config: &Path) -> i32 {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    let _log = telemetry::log::init(cfg.log_format);
+    std::panic::set_hook(Box::new(|info| {
+        // The location only: a panic message could quote request data.
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(at, "internal error while handling a request");
+    }));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> i32 {
+    let metrics = Arc::new(Metrics::default());
+    let (tokens, warnings) = match TokenStore::open(&cfg.tokens_file, metrics.clone()) {
+        Ok(t) => t,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    for w in warnings {
+        tracing::warn!(warning = %w, "token file");
+    }
+    let upstream = match Upstream::new(&cfg.upstream) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("{}: {e}", cfg.path.display());
+            return 1;
+        }
+    };
+    let tls = match cfg.tls.as_ref().map(server::tls_acceptor).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", cfg.path.display());
+            return 1;
+        }
+    };
+    let (proxy_listener, admin_listener) =
+        match (bind(cfg.listen).await, bind(cfg.admin_listen).await) {
+            (Ok(p), Ok(a)) => (p, a),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("{}: {e}", cfg.path.display());
+                return 1;
+            }
+        };
+    let table_size = tokens.current().len();
+    let shared = Arc::new(Shared {
+        tokens,
+        metrics,
+        upstream,
+        upstream_cfg: cfg.upstream.clone(),
+        trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
+        inspect_body_bytes: cfg.limits.inspect_body_bytes,
+    });
+    log_listening("proxy", &proxy_listener, tls.is_some());
+    log_listening("admin", &admin_listener, false);
+    tracing::info!(
+        tokens = table_size,
+        file = %shared.tokens.path().display(),
+        upstream = %format_args!("{}://{}", cfg.upstream.scheme, cfg.upstream.authority),
+        "tokengate started"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let admin_shared = shared.clone();
+    let admin_limits = cfg.limits.clone();
+    let admin_stop = stopped(stop_rx.clone());
+    let admin_task = tokio::spawn(async move {
+        let svc = tower::service_fn(move |req| admin::handle(admin_shared.clone(), req));
+        server::serve(
+            admin_listener,
+            None,
+            admin_limits,
+            move |_| svc.clone(),
+            admin_stop,
+        )
+        .await;
+    });
+    tokio::spawn(reload_on_sighup(shared.clone()));
+    tokio::spawn(probe_upstream(shared.clone()));
+
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!("stopping: no new connections; in-flight requests may finish");
+        let _ = stop_tx.send(true);
+    });
+
+    let proxy_shared = shared.clone();
+    let idle = cfg.limits.body_idle_timeout;
+    server::serve(
+        proxy_listener,
+        tls,
+        cfg.limits.clone(),
+        move |peer| stack::proxy(proxy_shared.clone(), PeerAddr(peer.ip()), idle),
+        stopped(stop_rx),
+    )
+    .await;
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    0
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+fn log_listening(what: &str, l: &TcpListener, tls: bool) {
+    if let Ok(addr) = l.local_addr() {
+        let scheme = if tls { "https" } else { "http" };
+        if what == "proxy" {
+            tracing::info!(%addr, scheme, "proxy listening");
+        } else {
+            tracing::info!(%addr, scheme, "admin listening");
+        }
+    }
+}
+
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload by editing the token file");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the token file");
+        let s = shared.clone();
+        // Parsing a large file is CPU work: keep it off the request workers'
+        // async path.
+        let _ = tokio::task::spawn_blocking(move || s.tokens.reload()).await;
+    }
+}
+
+/// Marks the upstream ready once it answers anything; `/readyz` reports it.
+async fn probe_upstream(shared: Arc<Shared>) {
+    let mut wait = Duration::from_millis(200);
+    while !shared.metrics.upstream_ready() {
+        if shared
+            .upstream
+            .probe(&shared.upstream_cfg.scheme, &shared.upstream_cfg.authority)
+            .await
+        {
+            shared.metrics.mark_upstream_ready();
+            tracing::info!("the upstream answered");
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,193 @@
+//! What goes upstream (interface.md §6): the caller's APPTOKENs removed from
+//! query and body, the upstream's own credential added once, hop-by-hop
+//! headers (and those `Connection` names) dropped, Host set to the upstream,
+//! X-Forwarded-For set to the client decided on. Every other byte of the
+//! query and body stays as the caller sent it.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Uri, Version};
+
+use crate::config::UpstreamToken;
+use crate::decide::client_ip::Resolved;
+use crate::decide::params::strip_apptoken;
+use crate::decide::route::CanonicalPath;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual legacy ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// The upstream URI: scheme and authority of the upstream, the canonical path
+/// that was matched, and the caller's query without APPTOKEN, with the
+/// upstream's credential first.
+pub fn upstream_uri(
+    scheme: &Scheme,
+    authority: &Authority,
+    raw_path: &str,
+    path: &CanonicalPath<'_>,
+    query: Option<&str>,
+    credential: Option<&UpstreamToken>,
+) -> Result<Uri, http::Error> {
+    let mut s = String::with_capacity(
+        16 + authority.as_str().len() + raw_path.len() + query.map_or(0, str::len) + 80,
+    );
+    s.push_str(scheme.as_str());
+    s.push_str("://");
+    s.push_str(authority.as_str());
+    if path.is_unchanged() {
+        s.push_str(raw_path);
+    } else {
+        path.to_upstream(&mut s);
+    }
+    let mut q = Vec::new();
+    if let Some(query) = query {
+        strip_apptoken(query.as_bytes(), &mut q);
+    }
+    if credential.is_some() || !q.is_empty() {
+        s.push('?');
+    }
+    if let Some(c) = credential {
+        s.push_str("APPTOKEN=");
+        for b in c.0.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                s.push(char::from(b));
+            } else {
+                s.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if !q.is_empty() {
+            s.push('&');
+        }
+    }
+    // Pieces of a query that parsed as a URI are still valid URI bytes.
+    s.push_str(std::str::from_utf8(&q).unwrap_or(""));
+    Ok(Uri::try_from(s)?)
+}
+
+/// Rewrites the request headers in place for the upstream.
+pub fn upstream_headers(
+    headers: &mut HeaderMap,
+    authority: &Authority,
+    resolved: &Resolved,
+    body_rebuilt: bool,
+) {
+    drop_hop_by_hop(headers);
+    if body_rebuilt {
+        // The client sets the length of the rebuilt body.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        forwarded_for(resolved),
+    );
+}
+
+fn forwarded_for(r: &Resolved) -> HeaderValue {
+    let mut s = r.client.0.to_string();
+    for hop in &r.hops {
+        s.push_str(", ");
+        s.push_str(&hop.to_string());
+    }
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// The HTTP version spoken upstream: the pool picks HTTP/2 by ALPN on its own.
+pub const UPSTREAM_VERSION: Version = Version::HTTP_11;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::client_ip::ClientIp;
+
+    fn uri(path: &str, query: Option<&str>, cred: Option<&str>) -> String {
+        let p = CanonicalPath::parse(path).unwrap();
+        let c = cred.map(|c| UpstreamToken(c.into()));
+        upstream_uri(
+            &Scheme::HTTPS,
+            &"scanner:8443".parse().unwrap(),
+            path,
+            &p,
+            query,
+            c.as_ref(),
+        )
+        .unwrap()
+        .to_string()
+    }
+
+    #[test]
+    fn query_loses_apptoken_and_gains_the_credential() {
+        assert_eq!(
+            uri("/opi/XMLAPI", Some("APPTOKEN=x&ACTION=A"), Some("UP")),
+            "https://scanner:8443/opi/XMLAPI?APPTOKEN=UP&ACTION=A"
+        );
+        assert_eq!(
+            uri("/opi/XMLAPI", Some("apptoken=x"), Some("UP")),
+            "https://scanner:8443/opi/XMLAPI?APPTOKEN=UP"
+        );
+        assert_eq!(
+            uri("/opi/XMLAPI", Some("apptoken=x"), None),
+            "https://scanner:8443/opi/XMLAPI"
+        );
+        assert_eq!(
+            uri("/opi/XMLAPI", Some("A=%7e+b&APPTOKEN=x"), None),
+            "https://scanner:8443/opi/XMLAPI?A=%7e+b"
+        );
+        assert_eq!(
+            uri("/opi//XMLAPI;x", None, Some("U P")),
+            "https://scanner:8443/opi/XMLAPI?APPTOKEN=U%20P"
+        );
+    }
+
+    #[test]
+    fn headers_lose_hop_by_hop_and_get_forwarded_for() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, X-Secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("upgrade", "h2c".parse().unwrap());
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("content-length", "10".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        let r = Resolved {
+            client: ClientIp("192.0.2.1".parse().unwrap()),
+            hops: vec!["10.0.0.1".parse().unwrap()],
+        };
+        upstream_headers(&mut h, &"scanner".parse().unwrap(), &r, true);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(h["host"], "scanner");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.0.0.1");
+        assert_eq!(h["accept"], "*/*");
+    }
+}

@@ -1,0 +1,159 @@
+//! The access log: one event per request on target `tokengate::access`, with
+//! a fixed set of fields, written when the answer has been sent (so `bytes`
+//! is what went out, also for a streamed download). Never the token: only
+//! its name; the path without its query.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Buf;
+use http::{Method, Uri};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::denial::Denial;
+
+/// What was decided, for the log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded upstream.
+    Allowed,
+    /// Refused by the gateway.
+    Denied(Denial),
+    /// Allowed, but the upstream failed (502/504).
+    UpstreamFailed(&'static str),
+}
+
+impl Outcome {
+    /// `allowed` or `denied`.
+    pub fn decision(self) -> &'static str {
+        match self {
+            Outcome::Allowed | Outcome::UpstreamFailed(_) => "allowed",
+            Outcome::Denied(_) => "denied",
+        }
+    }
+
+    /// The reason: `ok`, an ERRORCODE, or the upstream failure.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "ok",
+            Outcome::Denied(d) => d.code(),
+            Outcome::UpstreamFailed(why) => why,
+        }
+    }
+}
+
+/// One request's line, filled in as the request goes.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// When the request head arrived.
+    pub start: Instant,
+    /// The client address decided on (the peer when none could be).
+    pub client: IpAddr,
+    /// The token's name, once it was found in the table.
+    pub token: Option<Arc<str>>,
+    /// Request method.
+    pub method: Method,
+    /// Request URI; only its path is logged.
+    pub uri: Uri,
+    /// ACTION as given (decoded, cut to 64 bytes).
+    pub action: Option<Box<str>>,
+    /// The decision.
+    pub outcome: Outcome,
+    /// Status the upstream answered with.
+    pub upstream_status: Option<u16>,
+}
+
+impl AccessRecord {
+    /// Writes the line.
+    pub fn emit(&self, bytes: u64) {
+        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "tokengate::access",
+            client = %self.client,
+            token = %self.token.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.uri.path(),
+            action = ?self.action.as_deref().unwrap_or("-"),
+            decision = %self.outcome.decision(),
+            reason = %self.outcome.reason(),
+            upstream_status = self.upstream_status.unwrap_or(0),
+            bytes,
+            duration_ms = format_args!("{ms:.3}"),
+        );
+    }
+
+    /// Keeps at most 64 bytes of an ACTION for the log, as text.
+    pub fn action_for_log(action: &[u8]) -> Box<str> {
+        let cut = &action[..action.len().min(64)];
+        String::from_utf8_lossy(cut).into()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts what it sends and writes the access line
+    /// when it ends or is dropped (a client that hangs up still gets a line).
+    pub struct Logged<B> {
+        #[pin]
+        inner: B,
+        record: Option<Box<AccessRecord>>,
+        bytes: u64,
+    }
+
+    impl<B> PinnedDrop for Logged<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(r) = this.record.take() {
+                r.emit(*this.bytes);
+            }
+        }
+    }
+}
+
+impl<B> Logged<B> {
+    /// Wraps `inner`; the line is written once.
+    pub fn new(inner: B, record: Box<AccessRecord>) -> Self {
+        Self {
+            inner,
+            record: Some(record),
+            bytes: 0,
+        }
+    }
+}
+
+impl<B: Body> Body for Logged<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    *this.bytes += d.remaining() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(r) = this.record.take() {
+                    r.emit(*this.bytes);
+                }
+            }
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,269 @@
+//! `/metrics`: requests by decision, reason and token name; upstream latency;
+//! reloads and reload failures; tokens loaded. Requests only bump atomics (the
+//! per-token ones live in the token's state); the Prometheus text is built at
+//! scrape time by prometheus-client from those atomics, so the request path
+//! takes no lock for metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::denial::DENIAL_CODES;
+use crate::tokens::state::StateRegistry;
+
+/// Upper bounds of the upstream latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
+];
+
+/// Ways the upstream can fail, as label values.
+pub const UPSTREAM_FAILURES: [&str; 3] = ["unreachable", "tls", "timeout"];
+
+/// Reload outcomes, as label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new table was swapped in.
+    Success,
+    /// The file was invalid; the last good table kept serving.
+    Failure,
+}
+
+/// Every counter the gateway keeps outside the per-token state.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Refusals before a token was found (missing, unknown, ambiguous), by code.
+    anonymous: [AtomicU64; DENIAL_CODES.len()],
+    latency_buckets: [AtomicU64; BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+    upstream_failures: [AtomicU64; UPSTREAM_FAILURES.len()],
+    reload_success: AtomicU64,
+    reload_failure: AtomicU64,
+    last_good_load_ms: AtomicU64,
+    tokens_loaded: AtomicU64,
+    upstream_ready: AtomicBool,
+}
+
+impl Metrics {
+    /// Counts a refusal that no token can be charged with.
+    pub fn anonymous_denial(&self, code_index: usize) {
+        self.anonymous[code_index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the time the upstream took to begin its answer.
+    pub fn upstream_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
+        self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.upstream_ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts an upstream failure (index into [`UPSTREAM_FAILURES`]).
+    pub fn upstream_failure(&self, kind: usize) {
+        self.upstream_failures[kind].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upstream answered something (any status): it is reachable.
+    pub fn mark_upstream_ready(&self) {
+        self.upstream_ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the upstream has answered at least once.
+    pub fn upstream_ready(&self) -> bool {
+        self.upstream_ready.load(Ordering::Relaxed)
+    }
+
+    /// Counts a reload attempt; on success also the table size and the time.
+    pub fn reload(&self, outcome: ReloadOutcome, tokens: usize) {
+        match outcome {
+            ReloadOutcome::Success => {
+                self.reload_success.fetch_add(1, Ordering::Relaxed);
+                self.tokens_loaded.store(tokens as u64, Ordering::Relaxed);
+                let ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                self.last_good_load_ms.store(ms, Ordering::Relaxed);
+            }
+            ReloadOutcome::Failure => {
+                self.reload_failure.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reload attempts so far: (successes, failures). The first load counts.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reload_success.load(Ordering::Relaxed),
+            self.reload_failure.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(self: &Arc<Self>, states: &Arc<StateRegistry>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape {
+            metrics: self.clone(),
+            states: states.clone(),
+        }));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    states: Arc<StateRegistry>,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.metrics;
+        {
+            let mut fam = enc.encode_descriptor(
+                "tokengate_requests",
+                "Requests by decision, reason and token name (empty when no token was found).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, code) in DENIAL_CODES.iter().enumerate() {
+                let n = m.anonymous[i].load(Ordering::Relaxed);
+                if n > 0 {
+                    let labels = [("decision", "denied"), ("reason", code), ("token", "")];
+                    ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
+                }
+            }
+            for (name, state) in self.states.snapshot() {
+                // Outcome indexes: one per denial code, then allowed.
+                let reasons = DENIAL_CODES
+                    .iter()
+                    .map(|c| ("denied", *c))
+                    .chain([("allowed", "ok")]);
+                for (outcome, (decision, reason)) in reasons.enumerate() {
+                    let n = state.count(outcome);
+                    if n == 0 {
+                        continue;
+                    }
+                    let labels = [
+                        ("decision", decision),
+                        ("reason", reason),
+                        ("token", &*name),
+                    ];
+                    ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut fam = enc.encode_descriptor(
+                "tokengate_upstream_failures",
+                "Allowed requests the upstream did not answer, by kind (502 unreachable or TLS, 504 timeout).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, kind) in UPSTREAM_FAILURES.iter().enumerate() {
+                let n = m.upstream_failures[i].load(Ordering::Relaxed);
+                ConstCounter::new(n).encode(fam.encode_family(&[("kind", *kind)])?)?;
+            }
+        }
+        {
+            let mut cumulative = 0;
+            let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
+            for (i, bound) in BUCKETS
+                .iter()
+                .chain(std::iter::once(&f64::INFINITY))
+                .enumerate()
+            {
+                cumulative += m.latency_buckets[i].load(Ordering::Relaxed);
+                buckets.push((*bound, cumulative));
+            }
+            let sum = m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let mut e = enc.encode_descriptor(
+                "tokengate_upstream_duration_seconds",
+                "Time from sending a request upstream until its answer began.",
+                None,
+                MetricType::Histogram,
+            )?;
+            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, cumulative, &buckets, None,
+            )?;
+        }
+        {
+            let mut fam = enc.encode_descriptor(
+                "tokengate_reloads",
+                "Token file loads by outcome.",
+                None,
+                MetricType::Counter,
+            )?;
+            let (ok, failed) = m.reloads();
+            ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
+            ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
+        }
+        let gauges: [(&str, &str, f64); 3] = [
+            (
+                "tokengate_tokens_loaded",
+                "Tokens in the table now serving.",
+                m.tokens_loaded.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "tokengate_last_reload_success_timestamp_seconds",
+                "When the table now serving was loaded (Unix time).",
+                m.last_good_load_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            ),
+            (
+                "tokengate_upstream_up",
+                "1 once the upstream has answered.",
+                if m.upstream_ready() { 1.0 } else { 0.0 },
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let g = ConstGauge::new(v);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::state::ALLOWED;
+
+    #[test]
+    fn renders_counters_by_token_and_reason() {
+        let m = Arc::new(Metrics::default());
+        let states = Arc::new(StateRegistry::default());
+        let s = states.for_name(&Arc::from("splunk"));
+        s.record(ALLOWED, "127.0.0.1".parse().unwrap(), SystemTime::now());
+        s.record(5, "127.0.0.1".parse().unwrap(), SystemTime::now());
+        m.anonymous_denial(1);
+        m.upstream_latency(Duration::from_millis(3));
+        m.reload(ReloadOutcome::Success, 7);
+        m.reload(ReloadOutcome::Failure, 0);
+        let text = m.render(&states);
+        for want in [
+            "tokengate_requests_total{decision=\"allowed\",reason=\"ok\",token=\"splunk\"} 1",
+            "tokengate_requests_total{decision=\"denied\",reason=\"ACTION_NOT_ALLOWED\",token=\"splunk\"} 1",
+            "tokengate_requests_total{decision=\"denied\",reason=\"TOKEN_UNKNOWN\",token=\"\"} 1",
+            "tokengate_upstream_duration_seconds_bucket{le=\"0.005\"} 1",
+            "tokengate_upstream_duration_seconds_count 1",
+            "tokengate_reloads_total{outcome=\"failure\"} 1",
+            "tokengate_tokens_loaded 7",
+            "tokengate_upstream_up 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+}

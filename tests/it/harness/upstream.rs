@@ -1,0 +1,224 @@
+//! A mock scanner on 127.0.0.1:0 that records exactly what reached it (the
+//! request line, every header, the body bytes) and answers as told.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, exactly as on the request line.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn query(&self) -> &str {
+        self.target.split_once('?').map_or("", |(_, q)| q)
+    }
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// What the mock answers.
+#[derive(Clone)]
+pub enum Reply {
+    /// 200 with a small XMLAPI success body.
+    Ok,
+    /// This status and body.
+    Status(u16, &'static str),
+    /// 200 with `n` bytes, streamed in 64 KiB chunks.
+    Stream(u64),
+    /// Wait this long, then answer Ok.
+    Delay(Duration),
+}
+
+pub const OK_BODY: &str = "<?xml version=\"1.0\"?><RESPONSE><SUCCESS>true</SUCCESS></RESPONSE>";
+
+/// The runtime the mock servers run on, shared by all tests.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// A running mock upstream.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    reply: Arc<Mutex<Reply>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    pub fn start() -> Self {
+        Self::start_with(Reply::Ok)
+    }
+
+    pub fn start_with(reply: Reply) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reply = Arc::new(Mutex::new(reply));
+        let listener = runtime()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (s, r) = (seen.clone(), reply.clone());
+        let task = runtime().spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, r) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(req, s.clone(), r.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            reply,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests arrived.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Recorded {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream received nothing")
+    }
+
+    pub fn set_reply(&self, r: Reply) {
+        *self.reply.lock().unwrap() = r;
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    reply: Arc<Mutex<Reply>>,
+) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes().to_vec())
+        .unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.as_str().to_string());
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    // The gateway's readiness probe is not a request under test.
+    if parts
+        .headers
+        .get("user-agent")
+        .is_none_or(|v| v != "tokengate-readiness-probe")
+    {
+        seen.lock().unwrap().push(Recorded {
+            method: parts.method.to_string(),
+            target,
+            headers,
+            body,
+        });
+    }
+    let r = reply.lock().unwrap().clone();
+    let resp = match r {
+        Reply::Ok => xml(200, OK_BODY),
+        Reply::Status(code, body) => xml(code, body),
+        Reply::Delay(d) => {
+            tokio::time::sleep(d).await;
+            xml(200, OK_BODY)
+        }
+        Reply::Stream(n) => {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let chunks = (n / chunk.len() as u64) as usize;
+            let tail = (n % chunk.len() as u64) as usize;
+            let s = futures_util::stream::iter(
+                std::iter::repeat_n(chunk.clone(), chunks)
+                    .chain((tail > 0).then(|| chunk.slice(..tail)))
+                    .map(|c| Ok::<_, Infallible>(Frame::data(c))),
+            );
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(s)));
+            resp.headers_mut()
+                .insert("content-type", "application/octet-stream".parse().unwrap());
+            resp
+        }
+    };
+    Ok(resp)
+}
+
+fn xml(code: u16, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+    resp.headers_mut()
+        .insert("content-type", "text/xml".parse().unwrap());
+    resp
+}
