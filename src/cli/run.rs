@@ -12,7 +12,7 @@ use crate::decide::client_ip::{PeerAddr, TrustedProxies};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::Shared;
 use crate::telemetry::metrics::Metrics;
-use crate::tokens::reload::TokenStore;
+use crate::tokens::reload::{self, TokenStore};
 use crate::{admin, server, stack, telemetry};
 
 /// Serves; returns the exit code.
@@ -82,7 +82,7 @@ async fn serve(cfg: Config) -> i32 {
         };
     let table_size = tokens.current().len();
     let shared = Arc::new(Shared {
-        tokens,
+        tokens: Arc::new(tokens),
         metrics,
         upstream,
         upstream_cfg: cfg.upstream.clone(),
@@ -117,7 +117,7 @@ async fn serve(cfg: Config) -> i32 {
         )
         .await;
     });
-    tokio::spawn(reload_on_sighup(shared.clone()));
+    tokio::spawn(reload::follow(shared.tokens.clone()));
     tokio::spawn(probe_upstream(shared.clone()));
 
     tokio::spawn(async move {
@@ -155,21 +155,6 @@ fn log_listening(what: &str, l: &TcpListener, tls: bool) {
         } else {
             tracing::info!(%addr, scheme, "admin listening");
         }
-    }
-}
-
-async fn reload_on_sighup(shared: Arc<Shared>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload by editing the token file");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the token file");
-        let s = shared.clone();
-        // Parsing a large file is CPU work: keep it off the request workers'
-        // async path.
-        let _ = tokio::task::spawn_blocking(move || s.tokens.reload()).await;
     }
 }
 

@@ -44,7 +44,7 @@ pub type GatewayBody = Logged<Either<Full<Bytes>, Incoming>>;
 /// Everything a request needs that outlives it.
 pub struct Shared {
     /// The token table.
-    pub tokens: TokenStore,
+    pub tokens: Arc<TokenStore>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The scanner.

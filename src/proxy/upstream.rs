@@ -130,14 +130,24 @@ impl Upstream {
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Duration), UpstreamError> {
+        self.send_quietly(req).await.map_err(|(kind, why)| {
+            tracing::warn!(error = %why, "upstream request failed");
+            kind
+        })
+    }
+
+    async fn send_quietly(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Duration), (UpstreamError, String)> {
         let start = Instant::now();
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
+            Err(_) => Err((
+                UpstreamError::Timeout,
+                format!("no answer within {:?}", self.timeout),
+            )),
             Ok(Ok(resp)) => Ok((resp, start.elapsed())),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %error_chain(&e), "upstream request failed");
-                Err(classify(&e))
-            }
+            Ok(Err(e)) => Err((classify(&e), error_chain(&e))),
         }
     }
 }
@@ -162,7 +172,13 @@ impl Upstream {
         else {
             return false;
         };
-        self.send(req).await.is_ok()
+        match self.send_quietly(req).await {
+            Ok(_) => true,
+            Err((_, why)) => {
+                tracing::debug!(error = %why, "readiness probe: the upstream did not answer");
+                false
+            }
+        }
     }
 }
 

@@ -3,10 +3,13 @@
 //! off the request path, then swapped in at one instant; a file with any
 //! error is not applied and the last good table keeps serving.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
+use tokio::sync::mpsc;
 
 use super::file::{self, Loaded};
 use super::state::StateRegistry;
@@ -20,6 +23,9 @@ pub struct TokenStore {
     states: Arc<StateRegistry>,
     path: PathBuf,
     metrics: Arc<Metrics>,
+    /// The file's fingerprint just before it was first read, so that an edit
+    /// made while the gateway was starting is not missed.
+    opened: Option<Fingerprint>,
 }
 
 impl TokenStore {
@@ -31,6 +37,7 @@ impl TokenStore {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Vec<ConfigError>), ConfigErrors> {
         let states = Arc::new(StateRegistry::default());
+        let opened = fingerprint(path);
         let Loaded { table, warnings } = file::load(path, &states)?;
         metrics.reload(ReloadOutcome::Success, table.len());
         let store = Self {
@@ -38,6 +45,7 @@ impl TokenStore {
             states,
             path: path.to_path_buf(),
             metrics,
+            opened,
         };
         Ok((store, warnings))
     }
@@ -60,19 +68,31 @@ impl TokenStore {
     /// Reads the file again; on success swaps the new table in whole, on
     /// failure keeps the current one and logs every error.
     pub fn reload(&self) -> Result<usize, ConfigErrors> {
-        match file::load(&self.path, &self.states) {
+        let started = Instant::now();
+        let result =
+            read_stable(&self.path).and_then(|text| file::parse(&self.path, &text, &self.states));
+        match result {
             Ok(loaded) => {
                 let n = loaded.table.len();
+                for w in &loaded.warnings {
+                    tracing::warn!(warning = %w, "token file");
+                }
                 let old = self.current.swap(Arc::new(loaded.table));
                 // Names gone from the file take their counters with them.
-                let table = self.current.load();
-                let names: std::collections::HashSet<&str> =
-                    table.entries().map(|e| &*e.name).collect();
-                self.states.retain(|n| names.contains(n));
+                {
+                    let table = self.current.load();
+                    let names: HashSet<&str> = table.entries().map(|e| &*e.name).collect();
+                    self.states.retain(|n| names.contains(n));
+                }
                 self.metrics.reload(ReloadOutcome::Success, n);
-                tracing::info!(tokens = n, file = %self.path.display(), "token file reloaded");
-                // The old table is freed here, off the request path, unless
-                // a request still holds it.
+                tracing::info!(
+                    tokens = n,
+                    file = %self.path.display(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "token file reloaded"
+                );
+                // The old table is freed here, off the request path, unless a
+                // request still holds it (then the last holder frees it).
                 drop(old);
                 Ok(n)
             }
@@ -84,5 +104,169 @@ impl TokenStore {
                 Err(errors)
             }
         }
+    }
+}
+
+/// What identifies one version of the file without reading it: inode,
+/// size and change times (of the target, through symlinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// The file's fingerprint now, or `None` when it does not exist.
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+    })
+}
+
+/// Reads the file, and reads it again if it changed while being read, so a
+/// write in progress is not taken for the new version.
+fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
+    let mut last_err = None;
+    for _ in 0..5 {
+        let before = fingerprint(path);
+        match std::fs::read_to_string(path) {
+            Ok(text)
+                if fingerprint(path) == before
+                    && before.is_some_and(|f| f.len == text.len() as u64) =>
+            {
+                return Ok(text)
+            }
+            Ok(_) => {}
+            Err(e) => last_err = Some(e.to_string()),
+        }
+        std::thread::sleep(QUIET);
+    }
+    Err(ConfigErrors(vec![ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: match last_err {
+            Some(e) => format!("cannot read the token file: {e}"),
+            None => "the token file kept changing while it was read".into(),
+        },
+    }]))
+}
+
+/// How long the file must be left alone before it is read after a change.
+pub const QUIET: Duration = Duration::from_millis(100);
+
+/// Safety net for missed events (a replaced folder, an event queue overflow).
+const POLL: Duration = Duration::from_millis(1000);
+
+enum Trigger {
+    /// Something changed in the file's folder.
+    Changed,
+    /// SIGHUP: reload now.
+    Signal,
+}
+
+/// Follows the token file until the process ends: watches its folder (so
+/// rename-saves, a Kubernetes `..data` symlink swap, in-place writes and
+/// delete-then-recreate are all seen), waits for the writes to settle,
+/// reloads when its fingerprint changed, and reloads at once on SIGHUP.
+/// Reloads run one at a time, on a blocking thread.
+pub async fn follow(store: Arc<TokenStore>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _watcher = watch_folder(&store.path, tx.clone());
+    spawn_sighup(tx);
+    let mut applied = store.opened;
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut signal = tokio::select! {
+            t = rx.recv() => match t {
+                Some(Trigger::Signal) => true,
+                Some(Trigger::Changed) => false,
+                None => return,
+            },
+            _ = poll.tick() => {
+                if fingerprint(&store.path) == applied {
+                    continue;
+                }
+                false
+            }
+        };
+        // Wait until the folder has been quiet for QUIET (a signal cuts it short).
+        while !signal {
+            match tokio::time::timeout(QUIET, rx.recv()).await {
+                Ok(Some(Trigger::Signal)) => signal = true,
+                Ok(Some(Trigger::Changed)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let now = fingerprint(&store.path);
+        if !signal && now == applied {
+            continue;
+        }
+        if now.is_none() && !signal {
+            // Deleted (perhaps to be re-created): keep serving, wait for it.
+            tracing::warn!(file = %store.path.display(), "token file is gone; the last good table keeps serving");
+            applied = None;
+            continue;
+        }
+        if signal {
+            tracing::info!("SIGHUP: reloading the token file");
+        }
+        applied = now;
+        let s = store.clone();
+        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+    }
+}
+
+fn watch_folder(
+    path: &Path,
+    tx: mpsc::UnboundedSender<Trigger>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let handler = move |res: notify::Result<notify::Event>| {
+        // Any event in the folder may be the file; the fingerprint decides.
+        let ok = res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_)));
+        if ok {
+            let _ = tx.send(Trigger::Changed);
+        }
+    };
+    let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(&folder, notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, folder = %folder.display(), "cannot watch the token folder; checking it every second instead");
+            None
+        }
+    }
+}
+
+fn spawn_sighup(tx: mpsc::UnboundedSender<Trigger>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if tx.send(Trigger::Signal).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
     }
 }

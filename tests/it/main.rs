@@ -7,3 +7,4 @@ mod admin;
 mod cli;
 mod decision;
 mod forwarding;
+mod reload;

@@ -161,6 +161,7 @@ pub struct GatewayBuilder {
     extra: String,
     apptoken: bool,
     timeout: String,
+    tokens_path: Option<PathBuf>,
 }
 
 impl GatewayBuilder {
@@ -168,6 +169,11 @@ impl GatewayBuilder {
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
+        self
+    }
+    /// Point `tokens.file` at an existing file instead of writing one.
+    pub fn tokens_path(mut self, p: &Path) -> Self {
+        self.tokens_path = Some(p.to_path_buf());
         self
     }
     /// `upstream.timeout`.
@@ -182,7 +188,13 @@ impl GatewayBuilder {
     }
     pub fn start(self) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tokens.toml"), &self.tokens).unwrap();
+        let tokens_file = match &self.tokens_path {
+            Some(p) => p.to_string_lossy().into_owned(),
+            None => {
+                std::fs::write(dir.path().join("tokens.toml"), &self.tokens).unwrap();
+                "tokens.toml".to_string()
+            }
+        };
         std::fs::write(
             dir.path().join("upstream.token"),
             format!("{UPSTREAM_TOKEN}\n"),
@@ -195,8 +207,8 @@ impl GatewayBuilder {
         };
         let mut cfg = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{}\"\n{apptoken}timeout = \"{}\"\n\n\
-             [tokens]\nfile = \"tokens.toml\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
-            self.upstream, self.timeout
+             [tokens]\nfile = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+            self.upstream, self.timeout, tokens_file
         );
         cfg.push_str(&self.extra);
         if !self.extra.contains("[client_ip]") {
@@ -224,6 +236,7 @@ impl Gateway {
             extra: String::new(),
             apptoken: true,
             timeout: "5s".into(),
+            tokens_path: None,
         }
     }
 

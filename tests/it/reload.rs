@@ -1,0 +1,239 @@
+//! interface.md §7: the token file is followed while the gateway runs; a bad
+//! edit never wins; every way operators save a file is seen.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const Z: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+
+/// Version 1 has A active and B inactive; version 2 the other way round.
+/// Z is active in both.
+fn version(a_active: bool) -> String {
+    let a = TokenSpec::new("a", A, "admin");
+    let b = TokenSpec::new("b", B, "admin");
+    let (a, b) = if a_active {
+        (a, b.inactive())
+    } else {
+        (a.inactive(), b)
+    };
+    TokenFile::new()
+        .right("admin", &["*"], &["* /*"])
+        .token(a)
+        .token(b)
+        .token(TokenSpec::new("z", Z, "admin"))
+        .render()
+}
+
+fn status(gw: &Gateway, token: &str) -> u16 {
+    gw.get(&format!("/opi/XMLAPI?APPTOKEN={token}")).status
+}
+
+fn wait_status(gw: &Gateway, token: &str, want: u16, within: Duration) -> bool {
+    poll(within, || (status(gw, token) == want).then_some(())).is_some()
+}
+
+fn start(tokens: &str) -> (MockUpstream, Gateway) {
+    let up = MockUpstream::start();
+    let gw = Gateway::start(&up.url(), tokens);
+    (up, gw)
+}
+
+/// Writes `text` to a temp file in the same folder, then renames it over
+/// `path`, as editors and `sed -i` do.
+fn rename_save(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn metric(gw: &Gateway, line_start: &str) -> u64 {
+    let m = request(gw.admin, "GET", "/metrics", &[], b"").text();
+    m.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn an_edit_takes_effect_within_a_second() {
+    let (_up, gw) = start(&version(true));
+    assert_eq!(status(&gw, A), 200);
+    assert_eq!(status(&gw, B), 403);
+    let t = Instant::now();
+    rename_save(&gw.path("tokens.toml"), &version(false));
+    assert!(
+        wait_status(&gw, B, 200, Duration::from_secs(1)),
+        "not applied within a second"
+    );
+    eprintln!("applied after {:?}", t.elapsed());
+    assert_eq!(status(&gw, A), 403);
+}
+
+#[test]
+fn an_invalid_file_keeps_the_old_table_and_a_later_valid_one_applies() {
+    let (_up, gw) = start(&version(true));
+    let path = gw.path("tokens.toml");
+    let broken = version(false).replace(
+        "ip_restriction = []\naccess_right = \"admin\"\n\n[[token]]\nname = \"b\"",
+        "ip_restrictions = []\naccess_right = \"admin\"\n\n[[token]]\nname = \"b\"",
+    );
+    assert_ne!(broken, version(false));
+    rename_save(&path, &broken);
+    let line = gw.wait_log("the reload error", |l| {
+        l.contains("unknown field `ip_restrictions`")
+    });
+    assert!(line.contains("tokens.toml:9:1:"), "{line}");
+    assert_eq!(
+        metric(&gw, "tokengate_reloads_total{outcome=\"failure\"}"),
+        1
+    );
+    // The last good table still serves.
+    assert_eq!(status(&gw, A), 200);
+    assert_eq!(status(&gw, B), 403);
+    rename_save(&path, &version(false));
+    assert!(wait_status(&gw, B, 200, Duration::from_secs(5)));
+    assert_eq!(status(&gw, A), 403);
+    assert_eq!(
+        metric(&gw, "tokengate_reloads_total{outcome=\"success\"}"),
+        2
+    );
+}
+
+#[test]
+fn a_file_cut_short_is_not_applied() {
+    let (_up, gw) = start(&version(true));
+    // The write stopped before B's ip_restriction (and everything after it):
+    // B would be active with no restriction if that were allowed.
+    let full = version(false);
+    let b_at = full.find("name = \"b\"").unwrap();
+    let cut = &full[..b_at + full[b_at..].find("ip_restriction").unwrap()];
+    std::fs::write(gw.path("tokens.toml"), cut).unwrap();
+    gw.wait_log("the reload error", |l| l.contains("missing field"));
+    assert_eq!(status(&gw, A), 200);
+    assert_eq!(status(&gw, B), 403);
+}
+
+#[test]
+fn in_place_truncate_then_write_is_seen() {
+    let (_up, gw) = start(&version(true));
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(gw.path("tokens.toml"))
+        .unwrap();
+    f.flush().unwrap();
+    f.write_all(version(false).as_bytes()).unwrap();
+    drop(f);
+    assert!(
+        wait_status(&gw, B, 200, Duration::from_secs(5)),
+        "{}",
+        gw.log().join("\n")
+    );
+}
+
+#[test]
+fn delete_then_recreate_is_seen() {
+    let (_up, gw) = start(&version(true));
+    let path = gw.path("tokens.toml");
+    std::fs::remove_file(&path).unwrap();
+    gw.wait_log("the deletion", |l| l.contains("token file is gone"));
+    // Still serving the last good table.
+    assert_eq!(status(&gw, A), 200);
+    std::fs::write(&path, version(false)).unwrap();
+    assert!(wait_status(&gw, B, 200, Duration::from_secs(5)));
+}
+
+#[test]
+fn a_kubernetes_style_symlink_swap_is_seen() {
+    // tokens.toml -> ..data/tokens.toml, ..data -> ..v1; the update makes ..v2
+    // and renames a new ..data symlink over the old one.
+    let up = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..v1")).unwrap();
+    std::fs::write(d.join("..v1/tokens.toml"), version(true)).unwrap();
+    std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/tokens.toml", d.join("tokens.toml")).unwrap();
+    let gw = Gateway::builder(&up.url(), "")
+        .tokens_path(&d.join("tokens.toml"))
+        .start();
+    assert_eq!(status(&gw, A), 200);
+    std::fs::create_dir(d.join("..v2")).unwrap();
+    std::fs::write(d.join("..v2/tokens.toml"), version(false)).unwrap();
+    std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    std::fs::remove_dir_all(d.join("..v1")).unwrap();
+    assert!(wait_status(&gw, B, 200, Duration::from_secs(5)));
+    assert_eq!(status(&gw, A), 403);
+}
+
+#[test]
+fn sighup_reloads_at_once() {
+    let (_up, gw) = start(&version(true));
+    let before = metric(&gw, "tokengate_reloads_total{outcome=\"success\"}");
+    assert_eq!(before, 1);
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // Nothing changed on disk: only the signal can cause this reload.
+    let reloaded = poll(Duration::from_secs(5), || {
+        (metric(&gw, "tokengate_reloads_total{outcome=\"success\"}") == 2).then_some(())
+    });
+    assert!(reloaded.is_some(), "SIGHUP did not reload");
+    assert_eq!(status(&gw, A), 200);
+}
+
+#[test]
+fn flipping_versions_under_load_never_mixes_or_fails() {
+    let (_up, gw) = start(&version(true));
+    let gw = Arc::new(gw);
+    let done = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for token in [A, B, Z] {
+        let (gw, done) = (gw.clone(), done.clone());
+        loops.push(std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // Bounded in count and time.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done.load(Ordering::Relaxed) && seen.len() < 20_000 && Instant::now() < deadline
+            {
+                let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={token}"));
+                seen.push((r.status, r.errorcode()));
+            }
+            seen
+        }));
+    }
+    let path = gw.path("tokens.toml");
+    for i in 0..100 {
+        rename_save(&path, &version(i % 2 == 1));
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    done.store(true, Ordering::Relaxed);
+    let results: Vec<Vec<(u16, Option<String>)>> =
+        loops.into_iter().map(|h| h.join().unwrap()).collect();
+    for (token, seen) in ["a", "b"].iter().zip(&results[..2]) {
+        for (s, code) in seen {
+            assert!(
+                *s == 200 || (*s == 403 && code.as_deref() == Some("TOKEN_INACTIVE")),
+                "token {token}: {s} {code:?}"
+            );
+        }
+    }
+    assert!(
+        results[2].iter().all(|(s, _)| *s == 200),
+        "a valid request failed during reloads"
+    );
+    let total: usize = results.iter().map(Vec::len).sum();
+    eprintln!("{total} requests during 100 rewrites");
+    assert!(total > 100);
+}
