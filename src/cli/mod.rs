@@ -1,8 +1,9 @@
-//! The command line (interface.md §2): `run` and `check`. The only module
+//! The command line (interface.md §2): `run`, `check` and `token`. The only module
 //! that prints to the terminal; returns exit codes to `main`.
 
 mod check;
 mod run;
+mod token;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,39 @@ enum Command {
         #[arg(short, long, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Make, hash and list tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a random token, print it once, and add its SHA-256 to the token file.
+    New {
+        /// A unique name: what logs, metrics and /tokens show.
+        #[arg(long)]
+        name: String,
+        /// One of the file's [access_rights].
+        #[arg(long)]
+        access_right: String,
+        /// Allow only this address or CIDR (repeat for more); none: any address.
+        #[arg(long = "ip", value_name = "CIDR")]
+        ips: Vec<String>,
+        /// Refuse the token from this RFC 3339 time on, e.g. 2027-06-30T00:00:00Z.
+        #[arg(long, value_name = "RFC3339")]
+        expires: Option<String>,
+        /// The gateway config (names the token file).
+        #[arg(short, long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Read a token on stdin and print its token_sha256.
+    Hash,
+    /// The tokens as a table; never a secret or a digest.
+    List {
+        /// The gateway config (names the token file).
+        #[arg(short, long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
 }
 
 impl Cli {
@@ -39,6 +73,23 @@ impl Cli {
         match self.command {
             Command::Run { config } => run::run(&config),
             Command::Check { config } => check::check(&config),
+            Command::Token(TokenCommand::Hash) => token::hash(),
+            Command::Token(TokenCommand::List { config }) => token::list(&config),
+            Command::Token(TokenCommand::New {
+                name,
+                access_right,
+                ips,
+                expires,
+                config,
+            }) => token::new(
+                &config,
+                &token::NewToken {
+                    name: &name,
+                    access_right: &access_right,
+                    ips: &ips,
+                    expires: expires.as_deref(),
+                },
+            ),
         }
     }
 }

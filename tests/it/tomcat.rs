@@ -1258,12 +1258,18 @@ fn show(raw: &[u8]) -> String {
 }
 
 fn run_case(gw: &Gateway, c: &Case, tally: &mut Tally, verbose: bool) {
-    tally.cases += 1;
     let raw = exchange(gw.addr, &c.raw);
     let answers = parse_answers(&raw, c.head);
+    judge(&c.name, &show(&c.raw), &answers, &raw, tally, verbose);
+}
+
+/// Classifies the answers to one case, and checks everything that reached
+/// Tomcat. `raw`: every byte that came back (echoes are counted in it too).
+fn judge(name: &str, request: &str, answers: &[Answer], raw: &[u8], tally: &mut Tally, verbose: bool) {
+    tally.cases += 1;
     let mut echoes = Vec::new();
     let mut outcome = Vec::new();
-    for a in &answers {
+    for a in answers {
         if a.status < 200 {
             continue;
         }
@@ -1277,8 +1283,8 @@ fn run_case(gw: &Gateway, c: &Case, tally: &mut Tally, verbose: bool) {
                 Some(e) => here.push(e),
                 None => tally.violations.push(format!(
                     "UNREADABLE ECHO in case {:?}\n  request: {}\n  answer: {}",
-                    c.name,
-                    show(&c.raw),
+                    name,
+                    request,
                     show(&a.body)
                 )),
             }
@@ -1301,12 +1307,12 @@ fn run_case(gw: &Gateway, c: &Case, tally: &mut Tally, verbose: bool) {
             tally.tomcat_refused += 1;
         } else if a.status == 502 || a.status == 504 {
             outcome.push(format!("upstream-failed({})", a.status));
-            tally.upstream_failed.push(format!("{} -> {} {}", c.name, a.status, show(&a.body)));
+            tally.upstream_failed.push(format!("{} -> {} {}", name, a.status, show(&a.body)));
         } else if a.status == 200 {
             tally.violations.push(format!(
                 "UNEXPLAINED 200 (neither Tomcat's echo nor a refusal) in case {:?}\n  request: {}\n  answer: {}",
-                c.name,
-                show(&c.raw),
+                name,
+                request,
                 show(&a.body)
             ));
         } else {
@@ -1315,33 +1321,274 @@ fn run_case(gw: &Gateway, c: &Case, tally: &mut Tally, verbose: bool) {
         }
     }
     // Nothing may reach Tomcat unseen: count the echoes in the raw bytes too.
-    let seen_raw = count(&raw, MARK);
+    let seen_raw = count(raw, MARK);
     let seen = echoes.iter().filter(|e| e.params.is_some()).count();
     if seen_raw > seen {
         tally.violations.push(format!(
             "UNPARSED ECHO: {seen_raw} echoes on the wire, {seen} parsed, in case {:?}\n  request: {}\n  answer: {}",
-            c.name,
-            show(&c.raw),
-            show(&raw)
+            name,
+            request,
+            show(raw)
         ));
     }
     if answers.iter().all(|a| a.status < 200) {
         outcome.push("no answer".into());
-        tally.no_answer.push(format!("{} -> {}", c.name, show(&raw)));
+        tally.no_answer.push(format!("{} -> {}", name, show(raw)));
     }
     for e in &echoes {
         for v in violations(e) {
             tally.violations.push(format!(
                 "{v}\n  case: {}\n  request: {}\n  Tomcat read: {}",
-                c.name,
-                show(&c.raw),
+                name,
+                request,
                 e.raw
             ));
         }
     }
     if verbose {
-        println!("{:<28} | {}", outcome.join(" "), c.name);
+        println!("{:<28} | {}", outcome.join(" "), name);
     }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 (prior knowledge): the gateway's listener speaks it too
+// ---------------------------------------------------------------------------
+
+type H2Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// One HTTP/2 request: the body goes as these DATA frames, then trailers.
+struct H2Case {
+    name: String,
+    method: &'static str,
+    target: String,
+    headers: Vec<(&'static str, String)>,
+    frames: Vec<Vec<u8>>,
+    trailers: Vec<(&'static str, &'static str)>,
+}
+
+impl H2Case {
+    fn new(name: impl Into<String>, method: &'static str, target: impl Into<String>) -> Self {
+        H2Case {
+            name: name.into(),
+            method,
+            target: target.into(),
+            headers: Vec::new(),
+            frames: Vec::new(),
+            trailers: Vec::new(),
+        }
+    }
+    fn header(mut self, k: &'static str, v: &str) -> Self {
+        self.headers.push((k, v.into()));
+        self
+    }
+    /// The body in DATA frames of `piece` bytes.
+    fn body(mut self, b: &[u8], piece: usize) -> Self {
+        self.frames = b.chunks(piece.max(1)).map(<[u8]>::to_vec).collect();
+        self
+    }
+    fn trailer(mut self, k: &'static str, v: &'static str) -> Self {
+        self.trailers.push((k, v));
+        self
+    }
+    fn describe(&self) -> String {
+        let body: Vec<u8> = self.frames.concat();
+        format!(
+            "HTTP/2 {} {} headers {:?} body {} in {} DATA frame(s), trailers {:?}",
+            self.method,
+            self.target,
+            self.headers,
+            show(&body),
+            self.frames.len(),
+            self.trailers
+        )
+    }
+}
+
+/// Sends one request over a fresh prior-knowledge HTTP/2 connection.
+fn h2_send(addr: SocketAddr, c: &H2Case) -> Result<Answer, String> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let mut b = http::Request::builder()
+        .method(http::Method::from_bytes(c.method.as_bytes()).map_err(|e| e.to_string())?)
+        .uri(format!("http://{addr}{}", c.target));
+    for (k, v) in &c.headers {
+        b = b.header(*k, v.as_str());
+    }
+    let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+        c.frames.iter().map(|f| Ok(Frame::data(Bytes::from(f.clone())))).collect();
+    if !c.trailers.is_empty() {
+        let mut t = http::HeaderMap::new();
+        for (k, v) in &c.trailers {
+            t.append(*k, v.parse().unwrap());
+        }
+        frames.push(Ok(Frame::trailers(t)));
+    }
+    let body: H2Body = BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)));
+    let req = b.body(body).map_err(|e| format!("cannot build: {e}"))?;
+    harness::upstream::runtime().block_on(async move {
+        let work = async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes().to_vec();
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            Ok(Answer { status: parts.status.as_u16(), headers, body })
+        };
+        tokio::time::timeout(Duration::from_secs(15), work).await.map_err(|_| "timed out".to_string())?
+    })
+}
+
+fn h2_cases() -> Vec<H2Case> {
+    let mut out = Vec::new();
+    let t = tok();
+    for q in [
+        format!("{t}&ACTION=REMOVETARGETDATA"),
+        format!("{t}&%41CTION=REMOVETARGETDATA"),
+        format!("{t}&action=UPDATETARGETDATA"),
+        format!("{t}&ACTION=TARGETDATA&ACTION=REMOVETARGETDATA"),
+        format!("{t}&ACTION&ACTION=TARGETDATA"),
+        format!("ACTION=REMOVETARGETDATA&apptoken={}", harness::RO),
+    ] {
+        out.push(H2Case::new(format!("h2 GET query {q}"), "GET", format!("{X}?{q}")));
+    }
+    for p in [
+        "/opi/XMLAPI;jsessionid=x",
+        "/opi//XMLAPI",
+        "/opi/./XMLAPI",
+        "/opi/x/../XMLAPI",
+        "/opi/%58MLAPI",
+        "/opi/xmlapi",
+        "/opi/rest/outscan/../../XMLAPI",
+        "/opi/rest/outscan/..;/..;/XMLAPI",
+    ] {
+        out.push(H2Case::new(format!("h2 GET path {p}"), "GET", format!("{p}?{t}&ACTION=REMOVETARGETDATA")));
+    }
+    let fb = b"ACTION=REMOVETARGETDATA".to_vec();
+    let tq = format!("{X}?{t}");
+    for ct in [
+        FORM,
+        "APPLICATION/X-WWW-FORM-URLENCODED",
+        "application/x-www-form-urlencoded; charset=UTF-8",
+        "application/x-www-form-urlencoded; Charset=UTF-16",
+        "multipart/form-data; boundary=XyZ",
+        "text/plain",
+    ] {
+        let body = if ct.starts_with("multipart") {
+            form(Enc::Multipart, &[kv("ACTION", "REMOVETARGETDATA")])
+        } else if ct.contains("16") {
+            form(Enc::Utf16Be, &[kv("ACTION", "REMOVETARGETDATA")])
+        } else {
+            fb.clone()
+        };
+        for piece in [1024, 1] {
+            out.push(
+                H2Case::new(format!("h2 POST [{ct}] in frames of {piece}"), "POST", tq.clone())
+                    .header("content-type", ct)
+                    .body(&body, piece),
+            );
+        }
+    }
+    out.push(
+        H2Case::new("h2 POST token and forbidden in body", "POST", X)
+            .header("content-type", FORM)
+            .body(format!("{t}&ACTION=REMOVETARGETDATA").as_bytes(), 5),
+    );
+    out.push(
+        H2Case::new("h2 POST allowed in query, forbidden in body", "POST", format!("{tq}&ACTION=TARGETDATA"))
+            .header("content-type", FORM)
+            .body(&fb, 1024),
+    );
+    out.push(
+        H2Case::new("h2 POST forbidden in query, allowed in body", "POST", format!("{tq}&ACTION=REMOVETARGETDATA"))
+            .header("content-type", FORM)
+            .body(b"ACTION=TARGETDATA", 1024),
+    );
+    out.push(
+        H2Case::new("h2 POST two content-types", "POST", tq.clone())
+            .header("content-type", "text/plain")
+            .header("content-type", FORM)
+            .body(&fb, 1024),
+    );
+    out.push(
+        H2Case::new("h2 POST content-length too small", "POST", tq.clone())
+            .header("content-type", FORM)
+            .header("content-length", "3")
+            .body(&fb, 1024),
+    );
+    out.push(
+        H2Case::new("h2 POST content-encoding gzip", "POST", tq.clone())
+            .header("content-type", FORM)
+            .header("content-encoding", "gzip")
+            .body(&gzip(&fb), 1024),
+    );
+    out.push(
+        H2Case::new("h2 POST trailer content-type", "POST", tq.clone())
+            .header("content-type", "text/plain")
+            .body(&fb, 1024)
+            .trailer("content-type", FORM),
+    );
+    out.push(
+        H2Case::new("h2 POST form with a trailer", "POST", tq.clone())
+            .header("content-type", FORM)
+            .body(b"ACTION=TARGETDATA", 1024)
+            .trailer("x-action", "REMOVETARGETDATA"),
+    );
+    out.push(H2Case::new("h2 lower-case post with form", "post", tq.clone()).header("content-type", FORM).body(&fb, 1024));
+    out.push(H2Case::new("h2 PUT with form", "PUT", tq.clone()).header("content-type", FORM).body(&fb, 1024));
+    out.push(H2Case::new("h2 GET with form body", "GET", tq.clone()).header("content-type", FORM).body(&fb, 1024));
+    let big = format!("x={}&ACTION=REMOVETARGETDATA", "x".repeat(200_000));
+    out.push(H2Case::new("h2 POST 200 KB, ACTION last", "POST", tq.clone()).header("content-type", FORM).body(big.as_bytes(), 16_000));
+    let huge = format!("x={}&ACTION=REMOVETARGETDATA", "x".repeat(1_100_000));
+    out.push(H2Case::new("h2 POST 1.1 MB, ACTION last", "POST", tq).header("content-type", FORM).body(huge.as_bytes(), 16_000));
+    out
+}
+
+/// Runs the HTTP/2 cases; none when the listener does not speak HTTP/2.
+fn run_h2(gw: &Gateway, tally: &mut Tally, verbose: bool) -> usize {
+    // A control first: a legitimate request must pass over HTTP/2.
+    let control = H2Case::new("h2 control", "POST", format!("{X}?{}", tok()))
+        .header("content-type", FORM)
+        .body(b"ACTION=TARGETDATA", 4);
+    match h2_send(gw.addr, &control) {
+        Err(e) if e.starts_with("handshake") => {
+            println!("the gateway does not speak HTTP/2 with prior knowledge ({e}): HTTP/2 cases skipped");
+            return 0;
+        }
+        Err(e) => panic!("HTTP/2 control failed: {e}"),
+        Ok(a) => {
+            let body = String::from_utf8_lossy(&a.body);
+            assert_eq!(a.status, 200, "HTTP/2 control: {body}");
+            assert!(body.contains("\"action\":\"TARGETDATA\""), "HTTP/2 control: {body}");
+        }
+    }
+    let cases = h2_cases();
+    for c in &cases {
+        match h2_send(gw.addr, c) {
+            Ok(a) => {
+                let raw = a.body.clone();
+                judge(&c.name, &c.describe(), &[a], &raw, tally, verbose);
+            }
+            Err(e) => {
+                tally.cases += 1;
+                if verbose {
+                    println!("{:<28} | {}", format!("h2 error: {e}"), c.name);
+                }
+                tally.no_answer.push(format!("{} -> {e}", c.name));
+            }
+        }
+    }
+    cases.len()
 }
 
 /// Legitimate requests that must pass and reach Tomcat as sent: the test
@@ -1452,17 +1699,18 @@ fn read_only_token_never_gets_a_write_action_to_tomcat() {
     let seed = std::env::var("TOMCAT_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x7E57_C0DE_u64);
     let verbose = std::env::var_os("TOMCAT_DIFF_VERBOSE").is_some();
     let cases = cases(seed);
-    assert!(cases.len() <= 1500, "keep the run bounded: {} cases", cases.len());
+    assert!(cases.len() + h2_cases().len() <= 1500, "keep the run bounded: {} cases", cases.len());
     let mut tally = Tally::default();
     for c in &cases {
         run_case(&gw, c, &mut tally, verbose);
     }
+    let h2 = run_h2(&gw, &mut tally, verbose);
     // Any desynchronised upstream connection would show here, in the answer
     // to a plain request after everything else.
     positive_controls(&gw);
 
     println!(
-        "Tomcat differential (seed {seed:#x}): {} cases, {} answers: {} forwarded, {} refused by the gateway {:?}, \
+        "Tomcat differential (seed {seed:#x}): {} cases ({h2} over HTTP/2), {} answers: {} forwarded, {} refused by the gateway {:?}, \
          {} refused by Tomcat itself, {} upstream failures, {} without answer; {:?}",
         tally.cases,
         tally.answers,
@@ -1488,4 +1736,50 @@ fn read_only_token_never_gets_a_write_action_to_tomcat() {
         tally.violations.join("\n\n"),
         tomcat.log().join("\n")
     );
+}
+
+/// The checks themselves, without Tomcat: they must flag what they are for,
+/// or the differential test could pass by seeing nothing.
+#[test]
+fn the_tomcat_oracle_flags_bypasses_and_leaks() {
+    let up = harness::UPSTREAM_TOKEN;
+    let echo = |action: &str, tokens: &str, params: &str, path: &str| {
+        let line = format!(
+            "{{\"echo\":\"tomcat\",\"servlet\":\"xmlapi\",\"method\":\"GET\",\"servletPath\":\"{path}\",\"pathInfo\":null,\
+             \"action\":{action},\"apptokenValues\":{tokens},\"parameters\":{params}}}"
+        );
+        Echo::from_json(line.as_bytes()).expect("a readable echo")
+    };
+    let ok_tokens = format!("[\"{up}\"]");
+    let clean = |v: Vec<String>| assert!(v.is_empty(), "{v:?}");
+    let flagged = |v: Vec<String>, what: &str| assert!(v.iter().any(|x| x.starts_with(what)), "{what}: {v:?}");
+
+    clean(violations(&echo("null", &ok_tokens, "{}", "/opi/XMLAPI")));
+    clean(violations(&echo("\"targetdata\"", &ok_tokens, "{\"ACTION\":[\"targetdata\"]}", "/opi/XMLAPI")));
+    clean(violations(&echo("\"\\u017fcannerdata\"", "null", "{}", "/opi/XMLAPI")));
+    clean(violations(&echo("\"REMOVETARGETDATA\"", &ok_tokens, "{}", "/opi/rest/outscan/x")));
+    flagged(violations(&echo("\"REMOVETARGETDATA\"", &ok_tokens, "{}", "/opi/XMLAPI")), "BYPASS");
+    flagged(violations(&echo("\"\"", &ok_tokens, "{}", "/opi/XMLAPI")), "BYPASS");
+    flagged(violations(&echo("\"TARGETDATA\\u0000\"", &ok_tokens, "{}", "/opi/xmlapi")), "BYPASS");
+    flagged(
+        violations(&echo("\"TARGETDATA\"", &ok_tokens, "{\"ACTION\":[\"TARGETDATA\",\"REMOVETARGETDATA\"]}", "/opi/XMLAPI")),
+        "STRICT",
+    );
+    flagged(violations(&echo("null", &ok_tokens, "{\"action\":[\"REMOVETARGETDATA\"]}", "/opi/XMLAPI")), "STRICT");
+    flagged(violations(&echo("null", &format!("[\"{}\"]", harness::RO), "{}", "/opi/XMLAPI")), "TOKEN LEAK");
+    flagged(violations(&echo("null", &format!("[\"{up}\",\"x\"]"), "{}", "/opi/XMLAPI")), "TOKEN LEAK");
+    flagged(
+        violations(&echo("null", &ok_tokens, &format!("{{\"apptoken\":[\"{}\"]}}", harness::RO), "/opi/XMLAPI")),
+        "STRICT",
+    );
+
+    // Answers on one connection: 100 Continue, a chunked one, a sized one.
+    let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                 HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nnoHTTP/1.1 200 OK\r\n\r\nrest";
+    let a = parse_answers(wire, false);
+    let got: Vec<(u16, &[u8])> = a.iter().map(|a| (a.status, &a.body[..])).collect();
+    assert_eq!(got, vec![(100, &b""[..]), (200, &b"abc"[..]), (403, &b"no"[..]), (200, &b"rest"[..])]);
+    let a = parse_answers(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Echo-Servlet: xmlapi\r\nX-Echo-Action: \"REMOVETARGETDATA\"\r\n\r\n", true);
+    let e = Echo::from_headers(&a[0]).expect("an echo from headers");
+    flagged(violations(&e), "BYPASS");
 }
