@@ -75,10 +75,12 @@ fn tokens_json(shared: &Shared) -> String {
     let list: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| {
+            // A token not used since it was loaded may have no state yet.
+            let state = e.state.get().cloned().or_else(|| shared.tokens.states().get(&e.name)).unwrap_or_default();
             let mut counts = serde_json::Map::new();
-            counts.insert("allowed".into(), e.state.count(ALLOWED).into());
+            counts.insert("allowed".into(), state.count(ALLOWED).into());
             for (i, code) in DENIAL_CODES.iter().enumerate() {
-                let n = e.state.count(i);
+                let n = state.count(i);
                 if n > 0 {
                     counts.insert((*code).into(), n.into());
                 }
@@ -89,8 +91,8 @@ fn tokens_json(shared: &Shared) -> String {
                 "active": e.active,
                 "expires": e.expires.map(rfc3339),
                 "ip_restriction": e.ip_restriction.nets().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-                "last_use": e.state.last_use().map(rfc3339),
-                "last_client_ip": e.state.last_ip().map(|ip| ip.to_string()),
+                "last_use": state.last_use().map(rfc3339),
+                "last_client_ip": state.last_ip().map(|ip| ip.to_string()),
                 "requests": counts,
             })
         })

@@ -120,7 +120,9 @@ pub async fn handle(
         let table = shared.tokens.current();
         match decide(&table, &asked) {
             Ok(entry) => {
-                entry.state.record(ALLOWED, client_for_log, now);
+                entry
+                    .state(shared.tokens.states())
+                    .record(ALLOWED, client_for_log, now);
                 let uri = match &asked.path {
                     Ok(path) => rewrite::upstream_uri(
                         &cfg.scheme,
@@ -137,7 +139,11 @@ pub async fn handle(
             }
             Err(refusal) => {
                 match refusal.token {
-                    Some(e) => e.state.record(refusal.denial.index(), client_for_log, now),
+                    Some(e) => e.state(shared.tokens.states()).record(
+                        refusal.denial.index(),
+                        client_for_log,
+                        now,
+                    ),
                     None => shared.metrics.anonymous_denial(refusal.denial.index()),
                 }
                 (

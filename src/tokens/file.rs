@@ -2,11 +2,18 @@
 //! Every error is collected with its line and column before anything is
 //! applied; a file with any error yields no table. Shared by `check`, the
 //! loader at start and every reload.
+//!
+//! Two readers produce the same [`RawFile`]: a fast line scanner for the
+//! shape token files are written in (`tokens::lines`), and the general TOML
+//! parser (toml_edit), used whenever the scanner meets anything else, and so
+//! for every file with a structural error. Both feed one validation.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use ipnet::IpNet;
@@ -15,14 +22,78 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 use toml_edit::{ImDocument, Item};
 
+use super::lines;
 use super::state::StateRegistry;
 use super::table::{AccessRight, Actions, IpRestriction, Token, TokenEntry, TokenHash, TokenTable};
 use crate::decide::route::RoutePattern;
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
 
+/// A string value and where it stands in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Str<'a> {
+    /// The value (borrowed from the file when it needed no unescaping).
+    pub text: Cow<'a, str>,
+    /// Its byte span.
+    pub span: Range<usize>,
+}
+
+impl<'a> Str<'a> {
+    fn owned(s: Spanned<String>) -> Self {
+        Self {
+            span: s.span(),
+            text: Cow::Owned(s.into_inner()),
+        }
+    }
+}
+
+/// One `[access_rights.NAME]`, before validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRight<'a> {
+    /// NAME.
+    pub name: Cow<'a, str>,
+    /// Span of the table (for errors about it as a whole).
+    pub span: Range<usize>,
+    /// `actions`.
+    pub actions: Vec<Str<'a>>,
+    /// `routes`.
+    pub routes: Vec<Str<'a>>,
+}
+
+/// One `[[token]]`, before validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawToken<'a> {
+    /// Span of the table.
+    pub span: Range<usize>,
+    /// Line of its `[[token]]` header.
+    pub line: u32,
+    /// `name`.
+    pub name: Str<'a>,
+    /// `active`.
+    pub active: bool,
+    /// `token` (plaintext).
+    pub token: Option<Str<'a>>,
+    /// `token_sha256`.
+    pub token_sha256: Option<Str<'a>>,
+    /// `ip_restriction`.
+    pub ip_restriction: Vec<Str<'a>>,
+    /// `access_right`.
+    pub access_right: Str<'a>,
+    /// `expires`, as RFC 3339 text.
+    pub expires: Option<Str<'a>>,
+}
+
+/// A token file whose structure is right (keys, types); values not yet checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawFile<'a> {
+    /// In file order.
+    pub rights: Vec<RawRight<'a>>,
+    /// In file order.
+    pub tokens: Vec<RawToken<'a>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRight {
+struct SerdeRight {
     #[serde(default)]
     actions: Vec<Spanned<String>>,
     #[serde(default)]
@@ -31,19 +102,19 @@ struct RawRight {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawToken {
+struct SerdeToken {
     name: Spanned<String>,
     active: bool,
     token: Option<Spanned<String>>,
     token_sha256: Option<Spanned<String>>,
     ip_restriction: Vec<Spanned<String>>,
     access_right: Spanned<String>,
-    expires: Option<Spanned<RawExpiry>>,
+    expires: Option<Spanned<SerdeExpiry>>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawExpiry {
+enum SerdeExpiry {
     Datetime(toml_edit::Datetime),
     Text(String),
 }
@@ -73,15 +144,31 @@ pub fn load(path: &Path, states: &StateRegistry) -> Result<Loaded, ConfigErrors>
 
 /// Validates the text of a token file read from `path`.
 pub fn parse(path: &Path, text: &str, states: &StateRegistry) -> Result<Loaded, ConfigErrors> {
+    // Live state is attached lazily, on a token's first request after a load.
+    let _ = states;
     let mut src = Source::new(path, text);
+    let raw = match lines::scan(text) {
+        Some(raw) => raw,
+        None => match read_toml(&mut src) {
+            Some(raw) => raw,
+            None => return Err(ConfigErrors(src.into_errors())),
+        },
+    };
+    build(raw, src)
+}
+
+/// The general reader: toml_edit, each table deserialised on its own so that
+/// one broken `[[token]]` does not hide the errors of the next. `None` only
+/// for a syntax error; other errors are recorded in `src`.
+pub fn read_toml<'a>(src: &mut Source<'a>) -> Option<RawFile<'a>> {
+    let text = src.text();
     let doc = match ImDocument::parse(text) {
         Ok(d) => d,
         Err(e) => {
             src.error(e.span(), e.message().trim_end().to_string());
-            return Err(ConfigErrors(src.into_errors()));
+            return None;
         }
     };
-
     for (key, _) in doc.iter() {
         if key != "access_rights" && key != "token" {
             let span = doc.key(key).and_then(|k| k.span());
@@ -91,58 +178,99 @@ pub fn parse(path: &Path, text: &str, states: &StateRegistry) -> Result<Loaded, 
             );
         }
     }
-
-    let rights = parse_rights(&doc, &mut src);
-    let mut warnings = Vec::new();
-    let entries = parse_tokens(&doc, &rights, states, &mut src, &mut warnings);
-
-    if src.has_errors() {
-        return Err(ConfigErrors(src.into_errors()));
+    let mut raw = RawFile::default();
+    if let Some(item) = doc.get("access_rights") {
+        match item.as_table_like() {
+            None => src.error(
+                item.span(),
+                "`access_rights` must be a table of named rights",
+            ),
+            Some(table) => {
+                for (name, item) in table.iter() {
+                    let span = item.span();
+                    let Ok(v) = item.clone().into_value() else {
+                        src.error(span, format!("access right `{name}` must be a table"));
+                        continue;
+                    };
+                    match SerdeRight::deserialize(v.into_deserializer()) {
+                        Ok(r) => raw.rights.push(RawRight {
+                            name: Cow::Owned(name.to_string()),
+                            span: span.unwrap_or(0..0),
+                            actions: r.actions.into_iter().map(Str::owned).collect(),
+                            routes: r.routes.into_iter().map(Str::owned).collect(),
+                        }),
+                        Err(e) => src.toml_error(&e, span),
+                    }
+                }
+            }
+        }
     }
-    let rights: Vec<Arc<AccessRight>> = rights.into_values().collect();
-    Ok(Loaded {
-        table: TokenTable::new(entries, rights),
-        warnings,
-    })
+    if let Some(item) = doc.get("token") {
+        match item.as_array_of_tables() {
+            None => src.error(item.span(), "`token` must be written as [[token]] tables"),
+            Some(array) => {
+                for table in array.iter() {
+                    let span = table.span();
+                    let Ok(v) = Item::Table(table.clone()).into_value() else {
+                        src.error(span, "a [[token]] must be a table");
+                        continue;
+                    };
+                    match SerdeToken::deserialize(v.into_deserializer()) {
+                        Ok(t) => {
+                            let span = span.unwrap_or(0..0);
+                            let line = src.line_of(span.start) as u32;
+                            let expires = t.expires.map(|e| {
+                                let span = e.span();
+                                let text = match e.into_inner() {
+                                    SerdeExpiry::Datetime(d) => d.to_string(),
+                                    SerdeExpiry::Text(s) => s,
+                                };
+                                Str {
+                                    text: Cow::Owned(text),
+                                    span,
+                                }
+                            });
+                            raw.tokens.push(RawToken {
+                                span,
+                                line,
+                                name: Str::owned(t.name),
+                                active: t.active,
+                                token: t.token.map(Str::owned),
+                                token_sha256: t.token_sha256.map(Str::owned),
+                                ip_restriction: t
+                                    .ip_restriction
+                                    .into_iter()
+                                    .map(Str::owned)
+                                    .collect(),
+                                access_right: Str::owned(t.access_right),
+                                expires,
+                            });
+                        }
+                        Err(e) => src.toml_error(&e, span),
+                    }
+                }
+            }
+        }
+    }
+    // Structural errors are recorded; the tables that did read are still
+    // validated, so one pass reports every error.
+    Some(raw)
 }
 
-fn parse_rights(doc: &ImDocument<&str>, src: &mut Source<'_>) -> HashMap<String, Arc<AccessRight>> {
-    let mut out = HashMap::new();
-    let Some(item) = doc.get("access_rights") else {
-        return out;
-    };
-    let Some(table) = item.as_table_like() else {
-        src.error(
-            item.span(),
-            "`access_rights` must be a table of named rights",
-        );
-        return out;
-    };
-    for (name, item) in table.iter() {
-        let span = item.span();
-        let raw = match item.clone().into_value() {
-            Ok(v) => RawRight::deserialize(v.into_deserializer()),
-            Err(_) => {
-                src.error(span, format!("access right `{name}` must be a table"));
-                continue;
-            }
-        };
-        let raw = match raw {
-            Ok(r) => r,
-            Err(e) => {
-                src.toml_error(&e, span);
-                continue;
-            }
-        };
+/// Validates values and builds the table: every error is recorded.
+fn build(raw: RawFile<'_>, mut src: Source<'_>) -> Result<Loaded, ConfigErrors> {
+    let mut rights: HashMap<&str, Arc<AccessRight>> = HashMap::with_capacity(raw.rights.len());
+    let mut right_order = Vec::with_capacity(raw.rights.len());
+    for r in &raw.rights {
         let mut actions = Vec::new();
         let mut any = false;
-        for a in &raw.actions {
-            let v = a.get_ref();
+        for a in &r.actions {
+            let v = a.text.as_ref();
             if v == "*" {
                 any = true;
             } else if v.is_empty() || !v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
                 src.error(
-                    Some(a.span()),
+                    Some(a.span.clone()),
                     format!("{v:?} is not an XMLAPI ACTION name (letters, digits, _) or \"*\""),
                 );
             } else {
@@ -150,10 +278,10 @@ fn parse_rights(doc: &ImDocument<&str>, src: &mut Source<'_>) -> HashMap<String,
             }
         }
         let mut routes = Vec::new();
-        for r in &raw.routes {
-            match RoutePattern::parse(r.get_ref()) {
+        for rt in &r.routes {
+            match RoutePattern::parse(&rt.text) {
                 Ok(p) => routes.push(p),
-                Err(msg) => src.error(Some(r.span()), msg),
+                Err(msg) => src.error(Some(rt.span.clone()), msg),
             }
         }
         let actions = if any {
@@ -161,175 +289,156 @@ fn parse_rights(doc: &ImDocument<&str>, src: &mut Source<'_>) -> HashMap<String,
         } else {
             Actions::Listed(actions.into())
         };
-        out.insert(
-            name.to_string(),
-            Arc::new(AccessRight {
-                name: name.into(),
-                actions,
-                routes: routes.into(),
-            }),
-        );
+        let right = Arc::new(AccessRight {
+            name: r.name.as_ref().into(),
+            actions,
+            routes: routes.into(),
+        });
+        right_order.push(right.clone());
+        rights.insert(r.name.as_ref(), right);
     }
-    out
-}
 
-fn parse_tokens(
-    doc: &ImDocument<&str>,
-    rights: &HashMap<String, Arc<AccessRight>>,
-    states: &StateRegistry,
-    src: &mut Source<'_>,
-    warnings: &mut Vec<ConfigError>,
-) -> Vec<(TokenHash, TokenEntry)> {
-    let Some(item) = doc.get("token") else {
-        return Vec::new();
-    };
-    let Some(array) = item.as_array_of_tables() else {
-        src.error(item.span(), "`token` must be written as [[token]] tables");
-        return Vec::new();
-    };
-    let mut entries = Vec::with_capacity(array.len());
-    // First line of each name and digest, to point at the earlier one.
-    let mut names: HashMap<String, usize> = HashMap::with_capacity(array.len());
-    let mut digests: HashMap<TokenHash, (usize, String)> = HashMap::with_capacity(array.len());
-    for table in array.iter() {
-        let span = table.span();
-        let line = line_of(src.text(), span.as_ref().map_or(0, |s| s.start));
-        let raw = match Item::Table(table.clone()).into_value() {
-            Ok(v) => RawToken::deserialize(v.into_deserializer()),
-            Err(_) => {
-                src.error(span, "a [[token]] must be a table");
-                continue;
-            }
-        };
-        let raw = match raw {
-            Ok(r) => r,
-            Err(e) => {
-                src.toml_error(&e, span);
-                continue;
-            }
-        };
-        let name = raw.name.get_ref();
+    let mut warnings = Vec::new();
+    let mut by_hash: HashMap<TokenHash, TokenEntry, _> =
+        HashMap::with_capacity_and_hasher(raw.tokens.len(), Default::default());
+    let mut names: HashMap<&str, u32> = HashMap::with_capacity(raw.tokens.len());
+    // Identical restrictions share one allocation (most tokens have one of a few).
+    let mut restrictions: HashMap<Vec<IpNet>, IpRestriction> = HashMap::new();
+    for t in &raw.tokens {
+        let name = t.name.text.as_ref();
         if name.trim().is_empty() {
-            src.error(Some(raw.name.span()), "`name` must not be empty");
-        } else if let Some(first) = names.get(name.as_str()) {
+            src.error(Some(t.name.span.clone()), "`name` must not be empty");
+        } else if let Some(first) = names.insert(name, t.line) {
+            names.insert(name, first);
             src.error(
-                Some(raw.name.span()),
+                Some(t.name.span.clone()),
                 format!("duplicate name `{name}`: first used at line {first}"),
             );
-        } else {
-            names.insert(name.clone(), line);
         }
 
-        let hash = match (&raw.token, &raw.token_sha256) {
+        let hash = match (&t.token, &t.token_sha256) {
             (Some(_), Some(d)) => {
-                src.error(Some(d.span()), "give `token` or `token_sha256`, not both");
+                src.error(
+                    Some(d.span.clone()),
+                    "give `token` or `token_sha256`, not both",
+                );
                 None
             }
             (None, None) => {
                 src.error(
-                    span.clone(),
+                    Some(t.span.clone()),
                     format!("token `{name}` needs `token_sha256` (or `token`)"),
                 );
                 None
             }
             (None, Some(d)) => {
-                let h = TokenHash::from_hex(d.get_ref().trim());
+                let h = TokenHash::from_hex(d.text.trim());
                 if h.is_none() {
                     src.error(
-                        Some(d.span()),
+                        Some(d.span.clone()),
                         "`token_sha256` must be 64 hex digits (the SHA-256 of the token)",
                     );
                 }
                 h
             }
-            (Some(t), None) => {
-                if t.get_ref().is_empty() {
-                    src.error(Some(t.span()), "`token` must not be empty");
+            (Some(p), None) => {
+                if p.text.is_empty() {
+                    src.error(Some(p.span.clone()), "`token` must not be empty");
                     None
                 } else {
-                    let mut w = Source::new(src.path(), src.text());
-                    w.error(
-                        Some(t.span()),
-                        format!("token `{name}` is stored in plain text; store `token_sha256` instead (tokengate token hash)"),
-                    );
-                    warnings.extend(w.into_errors());
-                    Some(TokenHash::of(&Token(t.get_ref().as_bytes())))
+                    let (line, column) = src.line_col(p.span.start);
+                    warnings.push(ConfigError {
+                        file: src.path().to_path_buf(),
+                        line,
+                        column,
+                        message: format!(
+                            "token `{name}` is stored in plain text; store `token_sha256` instead (tokengate token hash)"
+                        ),
+                    });
+                    Some(TokenHash::of(&Token(p.text.as_bytes())))
                 }
             }
         };
-        if let Some(h) = hash {
-            if let Some((first, other)) = digests.get(&h) {
-                let at = raw
-                    .token_sha256
-                    .as_ref()
-                    .map(|d| d.span())
-                    .or(raw.token.as_ref().map(|t| t.span()));
-                src.error(
-                    at,
-                    format!(
-                        "duplicate token: `{name}` is the same token as `{other}` at line {first}"
-                    ),
-                );
-            } else {
-                digests.insert(h, (line, name.clone()));
-            }
-        }
 
-        let mut nets = Vec::with_capacity(raw.ip_restriction.len());
-        for entry in &raw.ip_restriction {
-            match parse_cidr(entry.get_ref()) {
+        let mut nets = Vec::with_capacity(t.ip_restriction.len());
+        for entry in &t.ip_restriction {
+            match parse_cidr(&entry.text) {
                 Some(n) => nets.push(n),
                 None => src.error(
-                    Some(entry.span()),
-                    format!("{:?} is not an IP address or CIDR", entry.get_ref()),
+                    Some(entry.span.clone()),
+                    format!("{:?} is not an IP address or CIDR", entry.text),
                 ),
             }
         }
 
-        let right = rights.get(raw.access_right.get_ref()).cloned();
+        let right = rights.get(t.access_right.text.as_ref()).cloned();
         if right.is_none() {
             src.error(
-                Some(raw.access_right.span()),
+                Some(t.access_right.span.clone()),
                 format!(
                     "access right `{}` is not defined in [access_rights]",
-                    raw.access_right.get_ref()
+                    t.access_right.text
                 ),
             );
         }
 
-        let expires = match &raw.expires {
-            None => None,
-            Some(e) => {
-                let text = match e.get_ref() {
-                    RawExpiry::Datetime(d) => d.to_string(),
-                    RawExpiry::Text(s) => s.clone(),
-                };
-                let t = parse_rfc3339(&text);
-                if t.is_none() {
-                    src.error(Some(e.span()), "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z");
-                }
-                t
+        let expires = t.expires.as_ref().and_then(|e| {
+            let at = parse_rfc3339(&e.text);
+            if at.is_none() {
+                src.error(
+                    Some(e.span.clone()),
+                    "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z",
+                );
             }
-        };
+            at
+        });
 
-        if let (Some(hash), Some(right)) = (hash, right) {
-            let name: Arc<str> = name.as_str().into();
-            let state = states.for_name(&name);
-            entries.push((
-                hash,
-                TokenEntry {
-                    name,
-                    active: raw.active,
+        let (Some(hash), Some(right)) = (hash, right) else {
+            continue;
+        };
+        let ip_restriction = restrictions
+            .entry(nets)
+            .or_insert_with_key(|k| IpRestriction::new(k.clone()))
+            .clone();
+        match by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                duplicate_token(&mut src, t, name, first.get())
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(TokenEntry {
+                    name: name.into(),
+                    active: t.active,
                     expires,
-                    ip_restriction: IpRestriction::new(nets),
+                    ip_restriction,
                     right,
-                    state,
-                    line,
-                },
-            ));
+                    state: OnceLock::new(),
+                    line: t.line,
+                });
+            }
         }
     }
-    entries
+    if src.has_errors() {
+        return Err(ConfigErrors(src.into_errors()));
+    }
+    Ok(Loaded {
+        table: TokenTable::from_map(by_hash, right_order),
+        warnings,
+    })
+}
+
+fn duplicate_token(src: &mut Source<'_>, t: &RawToken<'_>, name: &str, first: &TokenEntry) {
+    let at = t
+        .token_sha256
+        .as_ref()
+        .or(t.token.as_ref())
+        .map(|s| s.span.clone());
+    src.error(
+        at,
+        format!(
+            "duplicate token: `{name}` is the same token as `{}` at line {}",
+            first.name, first.line
+        ),
+    );
 }
 
 /// An address or a CIDR; a bare address is a single host.
@@ -345,14 +454,6 @@ pub fn parse_cidr(s: &str) -> Option<IpNet> {
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     Some(SystemTime::from(t))
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 #[cfg(test)]

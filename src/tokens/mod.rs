@@ -2,6 +2,7 @@
 //! read, the live per-token state, and the reloader that swaps snapshots.
 
 pub mod file;
+mod lines;
 pub mod reload;
 pub mod state;
 pub mod table;

@@ -3,7 +3,6 @@
 //! off the request path, then swapped in at one instant; a file with any
 //! error is not applied and the last good table keeps serving.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,12 +77,8 @@ impl TokenStore {
                     tracing::warn!(warning = %w, "token file");
                 }
                 let old = self.current.swap(Arc::new(loaded.table));
-                // Names gone from the file take their counters with them.
-                {
-                    let table = self.current.load();
-                    let names: HashSet<&str> = table.entries().map(|e| &*e.name).collect();
-                    self.states.retain(|n| names.contains(n));
-                }
+                // Counters of names gone from the file stay (they are
+                // counters): a name that comes back continues them.
                 self.metrics.reload(ReloadOutcome::Success, n);
                 tracing::info!(
                     tokens = n,

@@ -71,17 +71,16 @@ impl StateRegistry {
         self.by_name.entry(name.clone()).or_default().clone()
     }
 
+    /// The state for `name`, if it was ever used.
+    pub fn get(&self, name: &str) -> Option<Arc<TokenState>> {
+        self.by_name.get(name).map(|s| s.clone())
+    }
+
     /// Every name with its state, for `/metrics` and `/tokens`.
     pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<TokenState>)> {
         self.by_name
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect()
-    }
-
-    /// Forgets names no longer in the table (after a swap), so that a removed
-    /// and re-added name starts afresh only when it was gone.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.by_name.retain(|k, _| keep(k));
     }
 }

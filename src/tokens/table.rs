@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use super::state::TokenState;
+use super::state::{StateRegistry, TokenState};
 use crate::decide::client_ip::canonical_net;
 use crate::decide::route::RoutePattern;
 
@@ -98,9 +98,10 @@ pub struct AccessRight {
     pub routes: Box<[RoutePattern]>,
 }
 
-/// Where a token may be used from; empty means anywhere.
+/// Where a token may be used from; empty means anywhere. Shared between
+/// tokens with the same list.
 #[derive(Debug, Clone, Default)]
-pub struct IpRestriction(Box<[IpNet]>);
+pub struct IpRestriction(Arc<[IpNet]>);
 
 impl IpRestriction {
     /// From validated CIDRs; IPv4-mapped entries become IPv4.
@@ -132,10 +133,19 @@ pub struct TokenEntry {
     pub ip_restriction: IpRestriction,
     /// What it may do.
     pub right: Arc<AccessRight>,
-    /// Its live counters, shared with every later table that has this name.
-    pub state: Arc<TokenState>,
+    /// Its live counters, attached on first use from the registry, so they
+    /// are shared with every later table that has this name (and unused
+    /// tokens cost nothing).
+    pub state: OnceLock<Arc<TokenState>>,
     /// Line of its `[[token]]` in the file, for messages.
-    pub line: usize,
+    pub line: u32,
+}
+
+impl TokenEntry {
+    /// Its live state, from `registry` on first use.
+    pub fn state(&self, registry: &StateRegistry) -> &Arc<TokenState> {
+        self.state.get_or_init(|| registry.for_name(&self.name))
+    }
 }
 
 /// The digest is uniformly distributed already: its first 8 bytes are the hash.
@@ -155,18 +165,19 @@ impl Hasher for DigestHasher {
     }
 }
 
+/// Tokens by digest.
+pub type TokenMap = HashMap<TokenHash, TokenEntry, BuildHasherDefault<DigestHasher>>;
+
 /// The whole table, immutable once built.
 #[derive(Debug, Default)]
 pub struct TokenTable {
-    by_hash: HashMap<TokenHash, TokenEntry, BuildHasherDefault<DigestHasher>>,
+    by_hash: TokenMap,
     rights: Vec<Arc<AccessRight>>,
 }
 
 impl TokenTable {
     /// Builds a table; the loader has checked that digests and names are unique.
-    pub fn new(entries: Vec<(TokenHash, TokenEntry)>, rights: Vec<Arc<AccessRight>>) -> Self {
-        let mut by_hash = HashMap::with_capacity_and_hasher(entries.len(), Default::default());
-        by_hash.extend(entries);
+    pub fn from_map(by_hash: TokenMap, rights: Vec<Arc<AccessRight>>) -> Self {
         Self { by_hash, rights }
     }
 

@@ -8,3 +8,4 @@ mod cli;
 mod decision;
 mod forwarding;
 mod reload;
+mod tomcat;

@@ -1,0 +1,447 @@
+//! A fast reader for token files written the way they are written: table
+//! headers, `key = value` lines, basic strings without escapes, literal
+//! strings, booleans, offset date-times and arrays of strings. It gives up
+//! (`None`) at anything else, and the general TOML reader takes over; so it
+//! only has to be right about what it accepts, never complete. A 1,000,000
+//! token file is ~190 MB: the general reader takes many seconds for it.
+
+use std::borrow::Cow;
+
+use super::file::{RawFile, RawRight, RawToken, Str};
+
+/// Scans `text`; `None` when it is not in the subset (or not valid TOML).
+pub fn scan(text: &str) -> Option<RawFile<'_>> {
+    let mut s = Scanner {
+        text,
+        b: text.as_bytes(),
+        pos: 0,
+        line: 1,
+    };
+    let mut file = RawFile::default();
+    let mut current = Table::None;
+    loop {
+        s.skip_blank_lines()?;
+        if s.pos >= s.b.len() {
+            break;
+        }
+        let line = s.line;
+        let start = s.pos;
+        if s.eat("[[") {
+            s.expect_word("token")?;
+            if !s.eat("]]") {
+                return None;
+            }
+            s.end_of_line()?;
+            finish(&mut file, std::mem::take(&mut current))?;
+            current = Table::Token(TokenKeys {
+                line: line as u32,
+                start,
+                ..TokenKeys::default()
+            });
+        } else if s.eat("[") {
+            s.expect_word("access_rights")?;
+            if !s.eat(".") {
+                return None;
+            }
+            let name = s.bare_key()?;
+            if !s.eat("]") {
+                return None;
+            }
+            s.end_of_line()?;
+            finish(&mut file, std::mem::take(&mut current))?;
+            if file.rights.iter().any(|r| r.name == name) {
+                return None;
+            }
+            current = Table::Right(
+                RawRight {
+                    name: Cow::Borrowed(name),
+                    span: start..s.pos,
+                    actions: vec![],
+                    routes: vec![],
+                },
+                [false; 2],
+            );
+        } else {
+            let key = s.bare_key()?;
+            s.skip_ws();
+            if !s.eat("=") {
+                return None;
+            }
+            s.skip_ws();
+            match &mut current {
+                Table::None => return None,
+                Table::Right(r, seen) => {
+                    let (slot, i) = match key {
+                        "actions" => (&mut r.actions, 0),
+                        "routes" => (&mut r.routes, 1),
+                        _ => return None,
+                    };
+                    if std::mem::replace(&mut seen[i], true) {
+                        return None;
+                    }
+                    *slot = s.string_array()?;
+                }
+                Table::Token(t) => {
+                    let dup = match key {
+                        "name" => t.name.replace(s.string()?).is_some(),
+                        "active" => t.active.replace(s.boolean()?).is_some(),
+                        "token" => t.token.replace(s.string()?).is_some(),
+                        "token_sha256" => t.token_sha256.replace(s.string()?).is_some(),
+                        "ip_restriction" => t.ip_restriction.replace(s.string_array()?).is_some(),
+                        "access_right" => t.access_right.replace(s.string()?).is_some(),
+                        "expires" => t.expires.replace(s.datetime_or_string()?).is_some(),
+                        _ => return None,
+                    };
+                    if dup {
+                        return None;
+                    }
+                }
+            }
+            s.end_of_line()?;
+            if let Table::Token(t) = &mut current {
+                t.end = s.pos;
+            }
+        }
+    }
+    finish(&mut file, current)?;
+    Some(file)
+}
+
+#[derive(Default)]
+enum Table<'a> {
+    #[default]
+    None,
+    Right(RawRight<'a>, [bool; 2]),
+    Token(TokenKeys<'a>),
+}
+
+#[derive(Default)]
+struct TokenKeys<'a> {
+    line: u32,
+    start: usize,
+    end: usize,
+    name: Option<Str<'a>>,
+    active: Option<bool>,
+    token: Option<Str<'a>>,
+    token_sha256: Option<Str<'a>>,
+    ip_restriction: Option<Vec<Str<'a>>>,
+    access_right: Option<Str<'a>>,
+    expires: Option<Str<'a>>,
+}
+
+fn finish<'a>(file: &mut RawFile<'a>, t: Table<'a>) -> Option<()> {
+    match t {
+        Table::None => {}
+        Table::Right(r, _) => file.rights.push(r),
+        Table::Token(k) => file.tokens.push(RawToken {
+            span: k.start..k.end.max(k.start),
+            line: k.line,
+            // A missing required key: the general reader words the error.
+            name: k.name?,
+            active: k.active?,
+            token: k.token,
+            token_sha256: k.token_sha256,
+            ip_restriction: k.ip_restriction?,
+            access_right: k.access_right?,
+            expires: k.expires,
+        }),
+    }
+    Some(())
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    pos: usize,
+    line: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.pos).copied()
+    }
+
+    fn eat(&mut self, lit: &str) -> bool {
+        if self.b[self.pos..].starts_with(lit.as_bytes()) {
+            self.pos += lit.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    /// A comment runs to the end of the line; TOML forbids control
+    /// characters in it other than tab.
+    fn skip_comment(&mut self) -> Option<()> {
+        if self.peek() == Some(b'#') {
+            while let Some(c) = self.peek() {
+                if c == b'\n' || (c == b'\r' && self.b.get(self.pos + 1) == Some(&b'\n')) {
+                    break;
+                }
+                if (c < 0x20 && c != b'\t') || c == 0x7f {
+                    return None;
+                }
+                self.pos += 1;
+            }
+        }
+        Some(())
+    }
+
+    /// Consumes a newline (LF or CRLF) or the end of the text.
+    fn newline(&mut self) -> Option<()> {
+        if self.eat("\n") || self.eat("\r\n") {
+            self.line += 1;
+            Some(())
+        } else {
+            (self.pos >= self.b.len()).then_some(())
+        }
+    }
+
+    fn end_of_line(&mut self) -> Option<()> {
+        self.skip_ws();
+        self.skip_comment()?;
+        self.newline()
+    }
+
+    fn skip_blank_lines(&mut self) -> Option<()> {
+        loop {
+            let save = (self.pos, self.line);
+            self.skip_ws();
+            if self.pos >= self.b.len() {
+                return Some(());
+            }
+            if matches!(self.peek(), Some(b'#' | b'\n' | b'\r')) {
+                self.end_of_line()?;
+                continue;
+            }
+            (self.pos, self.line) = save;
+            self.skip_ws();
+            return Some(());
+        }
+    }
+
+    fn bare_key(&mut self) -> Option<&'a str> {
+        let start = self.pos;
+        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        {
+            self.pos += 1;
+        }
+        (self.pos > start).then(|| &self.text[start..self.pos])
+    }
+
+    fn expect_word(&mut self, w: &str) -> Option<()> {
+        let k = self.bare_key()?;
+        (k == w).then_some(())
+    }
+
+    /// `"..."` without escapes, or `'...'`; no control characters but tab.
+    fn string(&mut self) -> Option<Str<'a>> {
+        let quote = self.peek()?;
+        if quote != b'"' && quote != b'\'' {
+            return None;
+        }
+        // Multi-line strings are left to the general reader.
+        if self.b[self.pos..].starts_with(if quote == b'"' { b"\"\"\"" } else { b"'''" }) {
+            return None;
+        }
+        let start = self.pos;
+        self.pos += 1;
+        let body = self.pos;
+        loop {
+            let c = self.peek()?;
+            if c == quote {
+                break;
+            }
+            if (quote == b'"' && c == b'\\') || (c < 0x20 && c != b'\t') || c == 0x7f {
+                return None;
+            }
+            self.pos += 1;
+        }
+        let text = &self.text[body..self.pos];
+        self.pos += 1;
+        Some(Str {
+            text: Cow::Borrowed(text),
+            span: start..self.pos,
+        })
+    }
+
+    fn boolean(&mut self) -> Option<bool> {
+        if self.eat("true") {
+            Some(true)
+        } else if self.eat("false") {
+            Some(false)
+        } else {
+            None
+        }
+        .filter(|_| !matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+    }
+
+    /// `[ "a", 'b', ]`, across lines, with comments between elements.
+    fn string_array(&mut self) -> Option<Vec<Str<'a>>> {
+        if !self.eat("[") {
+            return None;
+        }
+        let mut out = Vec::new();
+        loop {
+            self.skip_array_space()?;
+            if self.eat("]") {
+                return Some(out);
+            }
+            out.push(self.string()?);
+            self.skip_array_space()?;
+            if self.eat(",") {
+                continue;
+            }
+            if self.eat("]") {
+                return Some(out);
+            }
+            return None;
+        }
+    }
+
+    fn skip_array_space(&mut self) -> Option<()> {
+        loop {
+            self.skip_ws();
+            match self.peek() {
+                Some(b'#') => {
+                    self.skip_comment()?;
+                }
+                Some(b'\n' | b'\r') => self.newline()?,
+                _ => return Some(()),
+            }
+        }
+    }
+
+    /// An offset date-time (`2027-06-30T00:00:00Z`), or a string holding one.
+    fn datetime_or_string(&mut self) -> Option<Str<'a>> {
+        if matches!(self.peek(), Some(b'"' | b'\'')) {
+            return self.string();
+        }
+        let start = self.pos;
+        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b':' | b'.' | b'+'))
+        {
+            self.pos += 1;
+        }
+        let raw = &self.text[start..self.pos];
+        // Only the form the general reader would turn into the same text.
+        let dt: toml_edit::Datetime = raw.parse().ok()?;
+        (dt.date.is_some() && dt.time.is_some() && dt.offset.is_some() && dt.to_string() == raw)
+            .then_some(Str {
+                text: Cow::Borrowed(raw),
+                span: start..self.pos,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::Source;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    fn general(text: &str) -> Option<RawFile<'_>> {
+        let mut src = Source::new(Path::new("t.toml"), text);
+        let raw = super::super::file::read_toml(&mut src);
+        raw.filter(|_| !src.has_errors())
+    }
+
+    /// What both readers must agree on: values as text, and spans (of
+    /// whole tables only where they start: that is all errors use).
+    fn norm(f: &RawFile<'_>) -> String {
+        let mut f = f.clone();
+        for r in &mut f.rights {
+            r.span.end = r.span.start;
+        }
+        for t in &mut f.tokens {
+            t.span.end = t.span.start;
+        }
+        format!("{f:?}")
+    }
+
+    const SAMPLE: &str = "# header\n\
+        [access_rights.read-only]\n\
+        actions = [\"TARGETDATA\", 'SCANNERDATA'] # trailing\n\
+        routes = [\n  \"GET /opi/rest/*\", # why\n  'GET /x',\n]\n\
+        \n\
+        [access_rights.none]\n\
+        [[token]]\n\
+        name = \"a\"\n\
+        active = true\n\
+        token_sha256 = \"00\"\n\
+        ip_restriction = []\n\
+        access_right = \"read-only\"\n\
+        expires = 2027-06-30T00:00:00Z\n\
+        \r\n\
+        [[token]]   # second\n\
+        name='b'\n\
+        active=false\n\
+        token = \"p\"\n\
+        ip_restriction = [\"10.0.0.0/8\",\"::1\"]\n\
+        access_right = \"none\"\n\
+        expires = \"2027-06-30T00:00:00+02:00\"\n";
+
+    #[test]
+    fn agrees_with_the_general_reader_on_the_usual_shape() {
+        let fast = scan(SAMPLE).expect("the usual shape is scanned");
+        let slow = general(SAMPLE).expect("valid TOML");
+        assert_eq!(norm(&fast), norm(&slow));
+        assert_eq!(fast.tokens[1].line, 18);
+    }
+
+    #[test]
+    fn gives_up_on_anything_else() {
+        for bad in [
+            "x = 1\n",
+            "[access_rights]\n",
+            "[other]\n",
+            "[[token]]\nname = \"a\\u0041\"\nactive = true\nip_restriction = []\naccess_right = \"r\"\n",
+            "[[token]]\nname = \"a\"\nname = \"b\"\nactive = true\nip_restriction = []\naccess_right = \"r\"\n",
+            "[[token]]\nname = \"a\"\nactive = true\nip_restriction = []\n",
+            "[[token]]\nname = \"a\"\nactive = true\nip_restrictions = []\naccess_right = \"r\"\n",
+            "[[token]]\nname = \"a\"\nactive = 1\nip_restriction = []\naccess_right = \"r\"\n",
+            "[[token]]\nname = \"a\"\nactive = truex\nip_restriction = []\naccess_right = \"r\"\n",
+            "[[token]]\nname = \"a\" x\nactive = true\nip_restriction = []\naccess_right = \"r\"\n",
+            "[[token]]\n\"name\" = \"a\"\nactive = true\nip_restriction = []\naccess_right = \"r\"\n",
+            "[[token]]\nname = \"\"\"a\"\"\"\nactive = true\nip_restriction = []\naccess_right = \"r\"\n",
+            "[[token]]\nname = \"a\"\nactive = true\nip_restriction = []\naccess_right = \"r\"\nexpires = 2027-06-30\n",
+            "[[token]]\nname = \"a\"\nactive = true\nip_restriction = [1]\naccess_right = \"r\"\n",
+            "[access_rights.r]\n[access_rights.r]\n",
+            "[[token]]\nname = \"a\" # \u{7}\nactive = true\nip_restriction = []\naccess_right = \"r\"\n",
+        ] {
+            assert!(scan(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Whatever the scanner accepts, the general reader reads the same.
+        #[test]
+        fn never_disagrees_with_the_general_reader(
+            lines in proptest::collection::vec(prop_oneof![
+                Just("[[token]]".to_string()),
+                Just("[access_rights.r]".to_string()),
+                Just("".to_string()),
+                Just("# c".to_string()),
+                "(name|token|token_sha256|access_right) ?= ?(\"[a-z0-9 #'=]{0,6}\"|'[a-z\"#]{0,4}')( #x)?",
+                "active ?= ?(true|false|tru|1)",
+                "ip_restriction = \\[( ?\"[0-9./:]{0,6}\" ?,?){0,3}\\]",
+                "(actions|routes) = \\[(\"[A-Z* /]{0,5}\",? ?){0,2}\\]",
+                "expires = (2027-06-30T00:00:00Z|2027-06-30|\"x\"|2027-06-30T00:00:00\\+01:00)",
+            ], 0..24),
+        ) {
+            let text = lines.join("\n");
+            if let Some(fast) = scan(&text) {
+                let slow = general(&text);
+                prop_assert!(slow.is_some(), "scanner accepted what TOML rejects:\n{}", text);
+                prop_assert_eq!(norm(&fast), norm(&slow.unwrap()), "{}", text);
+            }
+        }
+    }
+}
