@@ -15,16 +15,9 @@ use crate::proxy::Shared;
 use crate::tokens::state::ALLOWED;
 
 /// Answers one admin request.
-pub async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        ));
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()));
     }
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -33,11 +26,7 @@ pub async fn handle(
             if shared.metrics.upstream_ready() {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "the upstream has not answered yet\n".into(),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the upstream has not answered yet\n".into())
             }
         }
         "/metrics" => text(
@@ -46,21 +35,14 @@ pub async fn handle(
             shared.metrics.render(shared.tokens.states()),
         ),
         "/tokens" => text(StatusCode::OK, "application/json", tokens_json(&shared)),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: /metrics /healthz /readyz /tokens\n".into(),
-        ),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: /metrics /healthz /readyz /tokens\n".into()),
     })
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }
 
@@ -97,8 +79,7 @@ fn tokens_json(shared: &Shared) -> String {
             })
         })
         .collect();
-    let mut s =
-        serde_json::to_string_pretty(&serde_json::json!({ "tokens": list })).unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(&serde_json::json!({ "tokens": list })).unwrap_or_default();
     s.push('\n');
     s
 }

@@ -204,25 +204,11 @@ impl Config {
                 return Err(ConfigErrors(src.into_errors()));
             }
         };
-        const SECTIONS: [&str; 7] = [
-            "server",
-            "upstream",
-            "tokens",
-            "client_ip",
-            "limits",
-            "admin",
-            "log",
-        ];
+        const SECTIONS: [&str; 7] = ["server", "upstream", "tokens", "client_ip", "limits", "admin", "log"];
         for (key, _) in doc.iter() {
             if !SECTIONS.contains(&key) {
                 let span = doc.key(key).and_then(|k| k.span());
-                src.error(
-                    span,
-                    format!(
-                        "unknown section `{key}`: expected one of {}",
-                        SECTIONS.join(", ")
-                    ),
-                );
+                src.error(span, format!("unknown section `{key}`: expected one of {}", SECTIONS.join(", ")));
             }
         }
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -238,28 +224,19 @@ impl Config {
         let server: Option<RawServer> = section(&doc, "server", true, &mut src);
         let upstream: Option<RawUpstream> = section(&doc, "upstream", true, &mut src);
         let tokens: Option<RawTokens> = section(&doc, "tokens", true, &mut src);
-        let client_ip: RawClientIp =
-            section(&doc, "client_ip", false, &mut src).unwrap_or_default();
+        let client_ip: RawClientIp = section(&doc, "client_ip", false, &mut src).unwrap_or_default();
         let limits: RawLimits = section(&doc, "limits", false, &mut src).unwrap_or_default();
         let admin: Option<RawAdmin> = section(&doc, "admin", true, &mut src);
         let log: RawLog = section(&doc, "log", false, &mut src).unwrap_or_default();
 
-        let listen = server
-            .as_ref()
-            .and_then(|s| socket_addr(&s.listen, &mut src));
-        let tls = server.and_then(|s| s.tls).map(|t| TlsFiles {
-            cert: resolve(t.cert.get_ref()),
-            key: resolve(t.key.get_ref()),
-        });
-        let admin_listen = admin
-            .as_ref()
-            .and_then(|a| socket_addr(&a.listen, &mut src));
+        let listen = server.as_ref().and_then(|s| socket_addr(&s.listen, &mut src));
+        let tls = server
+            .and_then(|s| s.tls)
+            .map(|t| TlsFiles { cert: resolve(t.cert.get_ref()), key: resolve(t.key.get_ref()) });
+        let admin_listen = admin.as_ref().and_then(|a| socket_addr(&a.listen, &mut src));
         if let (Some(l), Some(a), Some(admin)) = (listen, admin_listen, &admin) {
             if l == a && l.port() != 0 {
-                src.error(
-                    Some(admin.listen.span()),
-                    "the admin listener must not share the proxy's address",
-                );
+                src.error(Some(admin.listen.span()), "the admin listener must not share the proxy's address");
             }
         }
 
@@ -272,10 +249,7 @@ impl Config {
                         Some(UpstreamToken(s.trim().to_string()))
                     }
                     Ok(_) => {
-                        src.error(
-                            Some(f.span()),
-                            format!("{} must hold one token and nothing else", p.display()),
-                        );
+                        src.error(Some(f.span()), format!("{} must hold one token and nothing else", p.display()));
                         None
                     }
                     Err(e) => {
@@ -285,118 +259,64 @@ impl Config {
                 }
             });
             let ca_file = u.ca_file.as_ref().map(|f| resolve(f.get_ref()));
-            let connect_timeout =
-                duration(u.connect_timeout.as_ref(), Duration::from_secs(5), &mut src);
+            let connect_timeout = duration(u.connect_timeout.as_ref(), Duration::from_secs(5), &mut src);
             let timeout = duration(u.timeout.as_ref(), Duration::from_secs(120), &mut src);
             let (scheme, authority) = url?;
-            Some(Upstream {
-                scheme,
-                authority,
-                apptoken,
-                ca_file,
-                connect_timeout,
-                timeout,
-            })
+            Some(Upstream { scheme, authority, apptoken, ca_file, connect_timeout, timeout })
         });
 
         let mut trusted_proxies = Vec::new();
         for p in &client_ip.trusted_proxies {
             match crate::tokens::file::parse_cidr(p.get_ref()) {
                 Some(n) => trusted_proxies.push(n),
-                None => src.error(
-                    Some(p.span()),
-                    format!("{:?} is not an IP address or CIDR", p.get_ref()),
-                ),
+                None => src.error(Some(p.span()), format!("{:?} is not an IP address or CIDR", p.get_ref())),
             }
         }
 
         let d = Limits::default();
         let limits = Limits {
-            header_read_timeout: duration(
-                limits.header_read_timeout.as_ref(),
-                d.header_read_timeout,
-                &mut src,
-            ),
-            body_idle_timeout: duration(
-                limits.body_idle_timeout.as_ref(),
-                d.body_idle_timeout,
-                &mut src,
-            ),
+            header_read_timeout: duration(limits.header_read_timeout.as_ref(), d.header_read_timeout, &mut src),
+            body_idle_timeout: duration(limits.body_idle_timeout.as_ref(), d.body_idle_timeout, &mut src),
             keepalive_idle_timeout: duration(
                 limits.keepalive_idle_timeout.as_ref(),
                 d.keepalive_idle_timeout,
                 &mut src,
             ),
-            max_header_bytes: count(
-                limits.max_header_bytes.as_ref(),
-                d.max_header_bytes,
-                8192,
-                &mut src,
-            ),
-            max_connections: count(
-                limits.max_connections.as_ref(),
-                d.max_connections,
-                1,
-                &mut src,
-            ),
-            inspect_body_bytes: count(
-                limits.inspect_body_bytes.as_ref(),
-                d.inspect_body_bytes,
-                0,
-                &mut src,
-            ),
+            max_header_bytes: count(limits.max_header_bytes.as_ref(), d.max_header_bytes, 8192, &mut src),
+            max_connections: count(limits.max_connections.as_ref(), d.max_connections, 1, &mut src),
+            inspect_body_bytes: count(limits.inspect_body_bytes.as_ref(), d.inspect_body_bytes, 0, &mut src),
             shutdown_grace: duration(limits.shutdown_grace.as_ref(), d.shutdown_grace, &mut src),
         };
 
-        let log_format = match log
-            .format
-            .as_ref()
-            .map(|f| (f.get_ref().as_str(), f.span()))
-        {
+        let log_format = match log.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
             None | Some(("text", _)) => LogFormat::Text,
             Some(("json", _)) => LogFormat::Json,
             Some((other, span)) => {
-                src.error(
-                    Some(span),
-                    format!("log format {other:?} is not \"text\" or \"json\""),
-                );
+                src.error(Some(span), format!("log format {other:?} is not \"text\" or \"json\""));
                 LogFormat::Text
             }
         };
 
         let tokens_file = tokens.map(|t| resolve(t.file.get_ref()));
-        match (
-            src.has_errors(),
-            listen,
-            upstream,
-            tokens_file,
-            admin_listen,
-        ) {
-            (false, Some(listen), Some(upstream), Some(tokens_file), Some(admin_listen)) => {
-                Ok(Config {
-                    path: path.to_path_buf(),
-                    listen,
-                    tls,
-                    upstream,
-                    tokens_file,
-                    trusted_proxies,
-                    limits,
-                    admin_listen,
-                    log_format,
-                })
-            }
+        match (src.has_errors(), listen, upstream, tokens_file, admin_listen) {
+            (false, Some(listen), Some(upstream), Some(tokens_file), Some(admin_listen)) => Ok(Config {
+                path: path.to_path_buf(),
+                listen,
+                tls,
+                upstream,
+                tokens_file,
+                trusted_proxies,
+                limits,
+                admin_listen,
+                log_format,
+            }),
             _ => Err(ConfigErrors(src.into_errors())),
         }
     }
 }
 
 /// Deserialises one top-level section on its own, recording its error.
-fn section<T: DeserializeOwned>(
-    doc: &ImDocument<&str>,
-    name: &str,
-    required: bool,
-    src: &mut Source<'_>,
-) -> Option<T> {
+fn section<T: DeserializeOwned>(doc: &ImDocument<&str>, name: &str, required: bool, src: &mut Source<'_>) -> Option<T> {
     let Some(item) = doc.get(name) else {
         if required {
             src.error(None, format!("missing section [{name}]"));
@@ -423,10 +343,7 @@ fn socket_addr(s: &Spanned<String>, src: &mut Source<'_>) -> Option<SocketAddr> 
         Err(_) => {
             src.error(
                 Some(s.span()),
-                format!(
-                    "{:?} is not host:port (an IP address and a port, [v6]:port for IPv6)",
-                    s.get_ref()
-                ),
+                format!("{:?} is not host:port (an IP address and a port, [v6]:port for IPv6)", s.get_ref()),
             );
             None
         }
@@ -447,13 +364,8 @@ fn upstream_url(s: &Spanned<String>, src: &mut Source<'_>) -> Option<(Scheme, Au
     if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
         return err(src, s.span(), "the scheme must be http or https");
     }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || authority.as_str().contains('@')
-    {
-        return err(
-            src,
-            s.span(),
-            "must be scheme://host[:port], with no path, query or user",
-        );
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || authority.as_str().contains('@') {
+        return err(src, s.span(), "must be scheme://host[:port], with no path, query or user");
     }
     Some((scheme.clone(), authority.clone()))
 }
@@ -463,13 +375,7 @@ fn duration(s: Option<&Spanned<String>>, default: Duration, src: &mut Source<'_>
     match humantime::parse_duration(s.get_ref()) {
         Ok(d) if !d.is_zero() => d,
         _ => {
-            src.error(
-                Some(s.span()),
-                format!(
-                    "{:?} is not a duration like \"10s\", \"500ms\" or \"2m\"",
-                    s.get_ref()
-                ),
-            );
+            src.error(Some(s.span()), format!("{:?} is not a duration like \"10s\", \"500ms\" or \"2m\"", s.get_ref()));
             default
         }
     }
@@ -480,10 +386,7 @@ fn count(n: Option<&Spanned<i64>>, default: usize, min: usize, src: &mut Source<
     match usize::try_from(*n.get_ref()) {
         Ok(v) if v >= min => v,
         _ => {
-            src.error(
-                Some(n.span()),
-                format!("must be a whole number of at least {min}"),
-            );
+            src.error(Some(n.span()), format!("must be a whole number of at least {min}"));
             default
         }
     }
@@ -494,8 +397,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, Vec<String>> {
-        Config::parse(Path::new("/etc/tg/gateway.toml"), text)
-            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+        Config::parse(Path::new("/etc/tg/gateway.toml"), text).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
     }
 
     #[test]
@@ -539,14 +441,7 @@ mod tests {
     #[test]
     fn missing_sections_are_named() {
         let errs = parse("[server]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
-        assert!(
-            errs.iter()
-                .any(|e| e.contains("missing section [upstream]")),
-            "{errs:?}"
-        );
-        assert!(
-            errs.iter().any(|e| e.contains("missing section [admin]")),
-            "{errs:?}"
-        );
+        assert!(errs.iter().any(|e| e.contains("missing section [upstream]")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("missing section [admin]")), "{errs:?}");
     }
 }

@@ -23,14 +23,7 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.message
-            )
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
         }
     }
 }
@@ -68,12 +61,7 @@ pub struct Source<'a> {
 impl<'a> Source<'a> {
     /// Starts collecting errors for `text`, read from `path`.
     pub fn new(path: &'a Path, text: &'a str) -> Self {
-        Self {
-            path,
-            text,
-            errors: Vec::new(),
-            line_starts: std::cell::OnceCell::new(),
-        }
+        Self { path, text, errors: Vec::new(), line_starts: std::cell::OnceCell::new() }
     }
 
     /// The file's path.
@@ -92,12 +80,7 @@ impl<'a> Source<'a> {
             Some(s) => self.line_col(s.start),
             None => (0, 0),
         };
-        self.errors.push(ConfigError {
-            file: self.path.to_path_buf(),
-            line,
-            column,
-            message: message.into(),
-        });
+        self.errors.push(ConfigError { file: self.path.to_path_buf(), line, column, message: message.into() });
     }
 
     /// Records a TOML parse or deserialisation error; `fallback` is used when
@@ -125,11 +108,9 @@ impl<'a> Source<'a> {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let starts = self.line_starts.get_or_init(|| {
-            std::iter::once(0)
-                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
-                .collect()
-        });
+        let starts = self
+            .line_starts
+            .get_or_init(|| std::iter::once(0).chain(self.text.match_indices('\n').map(|(i, _)| i + 1)).collect());
         let offset = floor_char_boundary(self.text, offset.min(self.text.len()));
         let line = starts.partition_point(|&s| s <= offset);
         let start = starts[line - 1];

@@ -28,14 +28,12 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
         .map_err(|e| format!("cannot read server.tls.cert {}: {e}", files.cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("cannot read server.tls.key {}: {e}", files.key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("server.tls: {e}"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("server.tls: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -65,11 +63,7 @@ pub async fn serve<M, S, B>(
         .timer(TokioTimer::new())
         // Also bounds how long an idle keep-alive connection waits for its
         // next request: hyper starts this timer as soon as it waits for a head.
-        .header_read_timeout(
-            limits
-                .header_read_timeout
-                .min(limits.keepalive_idle_timeout),
-        )
+        .header_read_timeout(limits.header_read_timeout.min(limits.keepalive_idle_timeout))
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -111,20 +105,15 @@ pub async fn serve<M, S, B>(
             let _permit = permit;
             match tls {
                 None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let _ = watcher.watch(conn).await;
                 }
                 Some(acceptor) => {
-                    let Ok(Ok(tls_stream)) =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                    let Ok(Ok(tls_stream)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                     else {
                         return;
                     };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls_stream), service)
-                        .into_owned();
+                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
                     let _ = watcher.watch(conn).await;
                 }
             }

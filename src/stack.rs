@@ -26,9 +26,7 @@ pub fn proxy(
     body_idle_timeout: Duration,
 ) -> impl Service<
     Request<Incoming>,
-    Response = Response<
-        impl http_body::Body<Data = Bytes, Error = impl Into<tower_http::BoxError>> + Send + 'static,
-    >,
+    Response = Response<impl http_body::Body<Data = Bytes, Error = impl Into<tower_http::BoxError>> + Send + 'static>,
     Error = Infallible,
     Future = impl Send + 'static,
 > + Clone
@@ -51,11 +49,6 @@ pub fn proxy(
 }
 
 fn panic_answer(_payload: Box<dyn Any + Send + 'static>) -> Response<Full<Bytes>> {
-    xmlapi_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "INTERNAL_ERROR",
-        "The gateway failed to handle the request",
-        false,
-    )
-    .map(Full::new)
+    xmlapi_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "The gateway failed to handle the request", false)
+        .map(Full::new)
 }

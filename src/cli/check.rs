@@ -12,12 +12,7 @@ pub fn check(config: &Path) -> i32 {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!(
-                "{}: invalid ({} error{})",
-                config.display(),
-                errors.0.len(),
-                plural(errors.0.len())
-            );
+            eprintln!("{}: invalid ({} error{})", config.display(), errors.0.len(), plural(errors.0.len()));
             return 1;
         }
     };
@@ -29,16 +24,9 @@ pub fn check(config: &Path) -> i32 {
             let t = &loaded.table;
             let active = t.entries().filter(|e| e.active).count();
             println!("{}: ok", config.display());
-            println!(
-                "  proxy   {}{}",
-                cfg.listen,
-                if cfg.tls.is_some() { " (TLS)" } else { "" }
-            );
+            println!("  proxy   {}{}", cfg.listen, if cfg.tls.is_some() { " (TLS)" } else { "" });
             println!("  admin   {}", cfg.admin_listen);
-            println!(
-                "  upstream {}://{}",
-                cfg.upstream.scheme, cfg.upstream.authority
-            );
+            println!("  upstream {}://{}", cfg.upstream.scheme, cfg.upstream.authority);
             println!(
                 "  tokens  {}: {} token{} ({} active), {} access right{}",
                 cfg.tokens_file.display(),
@@ -52,12 +40,7 @@ pub fn check(config: &Path) -> i32 {
         }
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!(
-                "{}: invalid ({} error{})",
-                cfg.tokens_file.display(),
-                errors.0.len(),
-                plural(errors.0.len())
-            );
+            eprintln!("{}: invalid ({} error{})", cfg.tokens_file.display(), errors.0.len(), plural(errors.0.len()));
             1
         }
     }

@@ -75,20 +75,9 @@ impl Cli {
             Command::Check { config } => check::check(&config),
             Command::Token(TokenCommand::Hash) => token::hash(),
             Command::Token(TokenCommand::List { config }) => token::list(&config),
-            Command::Token(TokenCommand::New {
-                name,
-                access_right,
-                ips,
-                expires,
-                config,
-            }) => token::new(
+            Command::Token(TokenCommand::New { name, access_right, ips, expires, config }) => token::new(
                 &config,
-                &token::NewToken {
-                    name: &name,
-                    access_right: &access_right,
-                    ips: &ips,
-                    expires: expires.as_deref(),
-                },
+                &token::NewToken { name: &name, access_right: &access_right, ips: &ips, expires: expires.as_deref() },
             ),
         }
     }

@@ -27,16 +27,10 @@ pub fn run(config: &Path) -> i32 {
     let _log = telemetry::log::init(cfg.log_format);
     std::panic::set_hook(Box::new(|info| {
         // The location only: a panic message could quote request data.
-        let at = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         tracing::error!(at, "internal error while handling a request");
     }));
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -72,14 +66,13 @@ async fn serve(cfg: Config) -> i32 {
             return 1;
         }
     };
-    let (proxy_listener, admin_listener) =
-        match (bind(cfg.listen).await, bind(cfg.admin_listen).await) {
-            (Ok(p), Ok(a)) => (p, a),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("{}: {e}", cfg.path.display());
-                return 1;
-            }
-        };
+    let (proxy_listener, admin_listener) = match (bind(cfg.listen).await, bind(cfg.admin_listen).await) {
+        (Ok(p), Ok(a)) => (p, a),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{}: {e}", cfg.path.display());
+            return 1;
+        }
+    };
     let table_size = tokens.current().len();
     let shared = Arc::new(Shared {
         tokens: Arc::new(tokens),
@@ -108,14 +101,7 @@ async fn serve(cfg: Config) -> i32 {
     let admin_stop = stopped(stop_rx.clone());
     let admin_task = tokio::spawn(async move {
         let svc = tower::service_fn(move |req| admin::handle(admin_shared.clone(), req));
-        server::serve(
-            admin_listener,
-            None,
-            admin_limits,
-            move |_| svc.clone(),
-            admin_stop,
-        )
-        .await;
+        server::serve(admin_listener, None, admin_limits, move |_| svc.clone(), admin_stop).await;
     });
     tokio::spawn(reload::follow(shared.tokens.clone()));
     tokio::spawn(probe_upstream(shared.clone()));
@@ -142,9 +128,7 @@ async fn serve(cfg: Config) -> i32 {
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 fn log_listening(what: &str, l: &TcpListener, tls: bool) {
@@ -162,11 +146,7 @@ fn log_listening(what: &str, l: &TcpListener, tls: bool) {
 async fn probe_upstream(shared: Arc<Shared>) {
     let mut wait = Duration::from_millis(200);
     while !shared.metrics.upstream_ready() {
-        if shared
-            .upstream
-            .probe(&shared.upstream_cfg.scheme, &shared.upstream_cfg.authority)
-            .await
-        {
+        if shared.upstream.probe(&shared.upstream_cfg.scheme, &shared.upstream_cfg.authority).await {
             shared.metrics.mark_upstream_ready();
             tracing::info!("the upstream answered");
             return;

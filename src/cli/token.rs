@@ -62,25 +62,13 @@ pub fn list(config: &Path) -> i32 {
                 if ips.is_empty() {
                     "any".into()
                 } else {
-                    ips.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
                 },
-                e.expires.map_or("-".into(), |t| {
-                    humantime::format_rfc3339_seconds(t).to_string()
-                }),
+                e.expires.map_or("-".into(), |t| humantime::format_rfc3339_seconds(t).to_string()),
             ]
         })
         .collect();
-    let header = [
-        "NAME",
-        "ACTIVE",
-        "ACCESS RIGHT",
-        "IP RESTRICTION",
-        "EXPIRES",
-    ]
-    .map(String::from);
+    let header = ["NAME", "ACTIVE", "ACCESS RIGHT", "IP RESTRICTION", "EXPIRES"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -89,11 +77,7 @@ pub fn list(config: &Path) -> i32 {
     }
     let mut out = std::io::stdout().lock();
     for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     0
@@ -130,10 +114,7 @@ pub fn new(config: &Path, req: &NewToken<'_>) -> i32 {
     // Refuse to build on a file that is already broken.
     if let Err(errors) = file::parse(&path, &text, &StateRegistry::default()) {
         eprintln!("{errors}");
-        eprintln!(
-            "{}: fix these errors first; nothing was changed",
-            path.display()
-        );
+        eprintln!("{}: fix these errors first; nothing was changed", path.display());
         return 1;
     }
     let mut bad = false;
@@ -207,17 +188,9 @@ pub fn new(config: &Path, req: &NewToken<'_>) -> i32 {
         return 1;
     }
     if req.ips.is_empty() {
-        eprintln!(
-            "note: token `{}` may be used from any address (no --ip given)",
-            req.name
-        );
+        eprintln!("note: token `{}` may be used from any address (no --ip given)", req.name);
     }
-    eprintln!(
-        "added token `{}` ({}) to {}; it is shown only now:",
-        req.name,
-        req.access_right,
-        path.display()
-    );
+    eprintln!("added token `{}` ({}) to {}; it is shown only now:", req.name, req.access_right, path.display());
     println!("{token}");
     0
 }
@@ -225,14 +198,8 @@ pub fn new(config: &Path, req: &NewToken<'_>) -> i32 {
 /// Writes a temp file in the same folder, syncs it, renames it over `path`,
 /// and syncs the folder: readers see the old file or the new one, never half.
 fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tokengate-{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

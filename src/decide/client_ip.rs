@@ -78,10 +78,7 @@ pub fn resolve<'h>(
 ) -> Result<Resolved, BadForwardedFor> {
     let peer = canonical_ip(peer.0);
     if !trusted.trusts(peer) {
-        return Ok(Resolved {
-            client: ClientIp(peer),
-            hops: Vec::new(),
-        });
+        return Ok(Resolved { client: ClientIp(peer), hops: Vec::new() });
     }
     let mut hops = vec![peer];
     for value in xff.rev() {
@@ -95,10 +92,7 @@ pub fn resolve<'h>(
             let ip = canonical_ip(ip);
             if !trusted.trusts(ip) {
                 hops.reverse();
-                return Ok(Resolved {
-                    client: ClientIp(ip),
-                    hops,
-                });
+                return Ok(Resolved { client: ClientIp(ip), hops });
             }
             hops.push(ip);
         }
@@ -106,10 +100,7 @@ pub fn resolve<'h>(
     // Every hop was trusted: the leftmost one is the client.
     let client = hops.pop().unwrap_or(peer);
     hops.reverse();
-    Ok(Resolved {
-        client: ClientIp(client),
-        hops,
-    })
+    Ok(Resolved { client: ClientIp(client), hops })
 }
 
 #[cfg(test)]
@@ -122,10 +113,7 @@ mod tests {
     }
 
     fn run(peer: &str, xff: &[&str], t: &TrustedProxies) -> Result<Resolved, BadForwardedFor> {
-        let hv: Vec<HeaderValue> = xff
-            .iter()
-            .map(|v| HeaderValue::from_str(v).unwrap())
-            .collect();
+        let hv: Vec<HeaderValue> = xff.iter().map(|v| HeaderValue::from_str(v).unwrap()).collect();
         resolve(PeerAddr(peer.parse().unwrap()), hv.iter(), t)
     }
 
@@ -160,10 +148,7 @@ mod tests {
     #[test]
     fn unparsable_entry_denies_and_is_not_skipped() {
         let t = tp(&["10.0.0.0/8"]);
-        assert_eq!(
-            run("10.0.0.1", &["1.1.1.1, junk"], &t),
-            Err(BadForwardedFor)
-        );
+        assert_eq!(run("10.0.0.1", &["1.1.1.1, junk"], &t), Err(BadForwardedFor));
         assert_eq!(run("10.0.0.1", &["1.1.1.1:80"], &t), Err(BadForwardedFor));
         // Left of the client it is never read.
         assert!(run("10.0.0.1", &["junk, 2.2.2.2"], &t).is_ok());
@@ -174,10 +159,7 @@ mod tests {
         let t = tp(&["::ffff:10.0.0.0/104"]);
         let r = run("::ffff:10.0.0.1", &["::ffff:2.2.2.2"], &t).unwrap();
         assert_eq!(r.client, ClientIp(ip("2.2.2.2")));
-        assert_eq!(
-            canonical_net("::ffff:192.0.2.0/120".parse().unwrap()),
-            "192.0.2.0/24".parse().unwrap()
-        );
+        assert_eq!(canonical_net("::ffff:192.0.2.0/120".parse().unwrap()), "192.0.2.0/24".parse().unwrap());
     }
 
     proptest! {

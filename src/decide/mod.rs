@@ -54,28 +54,20 @@ pub struct Refusal<'t> {
 }
 
 fn refuse(denial: Denial) -> Refusal<'static> {
-    Refusal {
-        denial,
-        token: None,
-    }
+    Refusal { denial, token: None }
 }
 
 /// Decides a request, row by row of §5; the first failing row answers.
 pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<&'t TokenEntry, Refusal<'t>> {
     // Row 1: find APPTOKEN. A parameter name that cannot be decoded could be
     // APPTOKEN or ACTION, so nothing after this row can be trusted.
-    let params = asked.params.as_ref().map_err(|Malformed| {
-        refuse(Denial::Ambiguous(
-            "A parameter has a malformed percent-escape",
-        ))
-    })?;
+    let params = asked
+        .params
+        .as_ref()
+        .map_err(|Malformed| refuse(Denial::Ambiguous("A parameter has a malformed percent-escape")))?;
     let token = match &params.apptoken {
         Slot::One(t) => t,
-        Slot::Conflict => {
-            return Err(refuse(Denial::Ambiguous(
-                "APPTOKEN is given twice with different values",
-            )))
-        }
+        Slot::Conflict => return Err(refuse(Denial::Ambiguous("APPTOKEN is given twice with different values"))),
         // The token may be in the body we could not read: say why it was not.
         Slot::Absent => {
             return Err(refuse(match asked.body {
@@ -87,13 +79,8 @@ pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<&'t TokenE
     };
 
     // Row 2: look it up, by digest; the digest is computed once, here.
-    let entry = table
-        .get(&TokenHash::of(&Token(token)))
-        .ok_or_else(|| refuse(Denial::TokenUnknown))?;
-    let deny = |denial| Refusal {
-        denial,
-        token: Some(entry),
-    };
+    let entry = table.get(&TokenHash::of(&Token(token))).ok_or_else(|| refuse(Denial::TokenUnknown))?;
+    let deny = |denial| Refusal { denial, token: Some(entry) };
 
     // Row 3: active and not expired, before anything about the request itself.
     if !entry.active {
@@ -105,9 +92,7 @@ pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<&'t TokenE
 
     // Row 4: the client address; an unreadable X-Forwarded-For from a trusted
     // proxy means the address is unknown, which no restriction allows.
-    let client = asked
-        .client
-        .map_err(|BadForwardedFor| deny(Denial::IpNotAllowed))?;
+    let client = asked.client.map_err(|BadForwardedFor| deny(Denial::IpNotAllowed))?;
     if !entry.ip_restriction.allows(client.0) {
         return Err(deny(Denial::IpNotAllowed));
     }
@@ -118,26 +103,16 @@ pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<&'t TokenE
         BodyCheck::TooLarge => return Err(deny(Denial::BodyTooLarge)),
         BodyCheck::Refused(why) => return Err(deny(Denial::Ambiguous(why))),
     }
-    let path = asked
-        .path
-        .as_ref()
-        .map_err(|NotCanonical(why)| deny(Denial::Ambiguous(why)))?;
+    let path = asked.path.as_ref().map_err(|NotCanonical(why)| deny(Denial::Ambiguous(why)))?;
     if path.is_xmlapi() {
         match &params.action {
             // The clients' login probe.
             Slot::Absent => Ok(entry),
-            Slot::Conflict => Err(deny(Denial::Ambiguous(
-                "ACTION is given twice with different values",
-            ))),
+            Slot::Conflict => Err(deny(Denial::Ambiguous("ACTION is given twice with different values"))),
             Slot::One(action) if entry.right.actions.allows(action) => Ok(entry),
             Slot::One(_) => Err(deny(Denial::ActionNotAllowed)),
         }
-    } else if entry
-        .right
-        .routes
-        .iter()
-        .any(|r| r.matches(asked.method, path))
-    {
+    } else if entry.right.routes.iter().any(|r| r.matches(asked.method, path)) {
         Ok(entry)
     } else {
         Err(deny(Denial::RouteNotAllowed))
@@ -194,9 +169,7 @@ access_right = "probe-only"
 "#;
 
     fn table() -> TokenTable {
-        parse(Path::new("t.toml"), FILE, &StateRegistry::default())
-            .unwrap()
-            .table
+        parse(Path::new("t.toml"), FILE, &StateRegistry::default()).unwrap().table
     }
 
     struct Case {
@@ -223,25 +196,16 @@ access_right = "probe-only"
 
     fn run(t: &TokenTable, c: &Case) -> Result<String, Denial> {
         let mut p = Params::default();
-        let params = p
-            .scan(c.query.as_bytes())
-            .and_then(|()| p.scan(c.body.as_bytes()))
-            .map(|()| p);
+        let params = p.scan(c.query.as_bytes()).and_then(|()| p.scan(c.body.as_bytes())).map(|()| p);
         let asked = Asked {
             method: &c.method,
             path: CanonicalPath::parse(c.path),
             params,
             body: c.body_check,
-            client: if c.xff_bad {
-                Err(BadForwardedFor)
-            } else {
-                Ok(ClientIp(c.ip.parse().unwrap()))
-            },
+            client: if c.xff_bad { Err(BadForwardedFor) } else { Ok(ClientIp(c.ip.parse().unwrap())) },
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         };
-        decide(t, &asked)
-            .map(|e| e.name.to_string())
-            .map_err(|r| r.denial)
+        decide(t, &asked).map(|e| e.name.to_string()).map_err(|r| r.denial)
     }
 
     #[test]
@@ -252,27 +216,12 @@ access_right = "probe-only"
         let rows: Vec<(Case, Result<String, Denial>)> = vec![
             // Row 1: find APPTOKEN.
             (case("ACTION=TARGETDATA"), Err(TokenMissing)),
-            (
-                case("APPTOKEN=RO&apptoken=AD"),
-                amb("APPTOKEN is given twice with different values"),
-            ),
-            (
-                case("APPTOKEN=RO&APPTOKEN=RO&ACTION=TARGETDATA"),
-                Ok("ro".into()),
-            ),
+            (case("APPTOKEN=RO&apptoken=AD"), amb("APPTOKEN is given twice with different values")),
+            (case("APPTOKEN=RO&APPTOKEN=RO&ACTION=TARGETDATA"), Ok("ro".into())),
             (case("apptoken=RO&action=targetdata"), Ok("ro".into())),
             (case("%41PPTOKEN=RO&ACTION=TARGETDATA"), Ok("ro".into())),
-            (
-                case("APPTOKEN=RO&%zz=1"),
-                amb("A parameter has a malformed percent-escape"),
-            ),
-            (
-                Case {
-                    body_check: BodyCheck::TooLarge,
-                    ..case("")
-                },
-                Err(BodyTooLarge),
-            ),
+            (case("APPTOKEN=RO&%zz=1"), amb("A parameter has a malformed percent-escape")),
+            (Case { body_check: BodyCheck::TooLarge, ..case("") }, Err(BodyTooLarge)),
             // Row 2: look it up (exact digest: another spelling is another token).
             (case("APPTOKEN=ro&ACTION=TARGETDATA"), Err(TokenUnknown)),
             (case("APPTOKEN=NOPE"), Err(TokenUnknown)),
@@ -280,163 +229,48 @@ access_right = "probe-only"
             (case("APPTOKEN=OFF"), Err(TokenInactive)),
             (case("APPTOKEN=OLD"), Err(TokenExpired)),
             // Row 4: client address.
-            (
-                Case {
-                    ip: "198.51.100.1",
-                    ..case("APPTOKEN=RO")
-                },
-                Err(IpNotAllowed),
-            ),
-            (
-                Case {
-                    ip: "2001:db8::1",
-                    ..case("APPTOKEN=RO")
-                },
-                Ok("ro".into()),
-            ),
-            (
-                Case {
-                    xff_bad: true,
-                    ..case("APPTOKEN=AD")
-                },
-                Err(IpNotAllowed),
-            ),
-            (
-                Case {
-                    ip: "198.51.100.1",
-                    ..case("APPTOKEN=AD&ACTION=X")
-                },
-                Ok("admin".into()),
-            ),
+            (Case { ip: "198.51.100.1", ..case("APPTOKEN=RO") }, Err(IpNotAllowed)),
+            (Case { ip: "2001:db8::1", ..case("APPTOKEN=RO") }, Ok("ro".into())),
+            (Case { xff_bad: true, ..case("APPTOKEN=AD") }, Err(IpNotAllowed)),
+            (Case { ip: "198.51.100.1", ..case("APPTOKEN=AD&ACTION=X") }, Ok("admin".into())),
             // Row 5: the ACTION on the XMLAPI path.
             (case("APPTOKEN=RO"), Ok("ro".into())),
             (case("APPTOKEN=PR"), Ok("probe".into())),
             (case("APPTOKEN=PR&ACTION=TARGETDATA"), Err(ActionNotAllowed)),
-            (
-                case("APPTOKEN=RO&ACTION=REMOVETARGETDATA"),
-                Err(ActionNotAllowed),
-            ),
-            (
-                case("APPTOKEN=RO&%41CTION=REMOVETARGETDATA"),
-                Err(ActionNotAllowed),
-            ),
+            (case("APPTOKEN=RO&ACTION=REMOVETARGETDATA"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=RO&%41CTION=REMOVETARGETDATA"), Err(ActionNotAllowed)),
             (case("APPTOKEN=RO&ACTION="), Err(ActionNotAllowed)),
             (
                 case("APPTOKEN=RO&ACTION=TARGETDATA&action=REMOVETARGETDATA"),
                 amb("ACTION is given twice with different values"),
             ),
+            (Case { body: "ACTION=REMOVETARGETDATA", ..case("APPTOKEN=RO") }, Err(ActionNotAllowed)),
+            (Case { body: "ACTION=SCANNERDATA&APPTOKEN=RO", ..case("") }, Ok("ro".into())),
             (
-                Case {
-                    body: "ACTION=REMOVETARGETDATA",
-                    ..case("APPTOKEN=RO")
-                },
-                Err(ActionNotAllowed),
-            ),
-            (
-                Case {
-                    body: "ACTION=SCANNERDATA&APPTOKEN=RO",
-                    ..case("")
-                },
-                Ok("ro".into()),
-            ),
-            (
-                Case {
-                    body: "ACTION=REMOVETARGETDATA",
-                    ..case("APPTOKEN=RO&ACTION=TARGETDATA")
-                },
+                Case { body: "ACTION=REMOVETARGETDATA", ..case("APPTOKEN=RO&ACTION=TARGETDATA") },
                 amb("ACTION is given twice with different values"),
             ),
+            (Case { body_check: BodyCheck::TooLarge, ..case("APPTOKEN=RO") }, Err(BodyTooLarge)),
+            (Case { body_check: BodyCheck::Refused("r"), ..case("APPTOKEN=RO") }, amb("r")),
+            (Case { path: "/opi/xmlapi", ..case("APPTOKEN=RO&ACTION=REMOVETARGETDATA") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/XMLAPI;x=1", ..case("APPTOKEN=RO&ACTION=REMOVETARGETDATA") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/%58MLAPI", ..case("APPTOKEN=RO&ACTION=TARGETDATA") }, Ok("ro".into())),
             (
-                Case {
-                    body_check: BodyCheck::TooLarge,
-                    ..case("APPTOKEN=RO")
-                },
-                Err(BodyTooLarge),
-            ),
-            (
-                Case {
-                    body_check: BodyCheck::Refused("r"),
-                    ..case("APPTOKEN=RO")
-                },
-                amb("r"),
-            ),
-            (
-                Case {
-                    path: "/opi/xmlapi",
-                    ..case("APPTOKEN=RO&ACTION=REMOVETARGETDATA")
-                },
-                Err(ActionNotAllowed),
-            ),
-            (
-                Case {
-                    path: "/opi/XMLAPI;x=1",
-                    ..case("APPTOKEN=RO&ACTION=REMOVETARGETDATA")
-                },
-                Err(ActionNotAllowed),
-            ),
-            (
-                Case {
-                    path: "/opi/%58MLAPI",
-                    ..case("APPTOKEN=RO&ACTION=TARGETDATA")
-                },
-                Ok("ro".into()),
-            ),
-            (
-                Case {
-                    path: "/opi%2FXMLAPI",
-                    ..case("APPTOKEN=AD")
-                },
+                Case { path: "/opi%2FXMLAPI", ..case("APPTOKEN=AD") },
                 amb("the path encodes a separator, a NUL or a percent sign"),
             ),
             // Row 5: routes off the XMLAPI path.
+            (Case { path: "/opi/rest/outscan/targets", ..case("APPTOKEN=RO") }, Ok("ro".into())),
             (
-                Case {
-                    path: "/opi/rest/outscan/targets",
-                    ..case("APPTOKEN=RO")
-                },
-                Ok("ro".into()),
-            ),
-            (
-                Case {
-                    path: "/opi/rest/outscan/targets",
-                    method: Method::DELETE,
-                    ..case("APPTOKEN=RO")
-                },
+                Case { path: "/opi/rest/outscan/targets", method: Method::DELETE, ..case("APPTOKEN=RO") },
                 Err(RouteNotAllowed),
             ),
-            (
-                Case {
-                    path: "/opi/rest/outscan/../admin/x",
-                    ..case("APPTOKEN=RO")
-                },
-                Err(RouteNotAllowed),
-            ),
-            (
-                Case {
-                    path: "/opi/rest/admin",
-                    method: Method::DELETE,
-                    ..case("APPTOKEN=AD")
-                },
-                Ok("admin".into()),
-            ),
-            (
-                Case {
-                    path: "/opi/rest/outscan/x",
-                    ..case("APPTOKEN=PR")
-                },
-                Err(RouteNotAllowed),
-            ),
+            (Case { path: "/opi/rest/outscan/../admin/x", ..case("APPTOKEN=RO") }, Err(RouteNotAllowed)),
+            (Case { path: "/opi/rest/admin", method: Method::DELETE, ..case("APPTOKEN=AD") }, Ok("admin".into())),
+            (Case { path: "/opi/rest/outscan/x", ..case("APPTOKEN=PR") }, Err(RouteNotAllowed)),
         ];
         for (i, (c, want)) in rows.iter().enumerate() {
-            assert_eq!(
-                &run(&t, c),
-                want,
-                "row {i}: {} {}?{} body={:?}",
-                c.method,
-                c.path,
-                c.query,
-                c.body
-            );
+            assert_eq!(&run(&t, c), want, "row {i}: {} {}?{} body={:?}", c.method, c.path, c.query, c.body);
         }
     }
 

@@ -34,9 +34,7 @@ impl<'a> CanonicalPath<'a> {
             return Err(NotCanonical("the request target is not an absolute path"));
         }
         if is_plain(raw) {
-            return Ok(Self {
-                decoded: Cow::Borrowed(raw),
-            });
+            return Ok(Self { decoded: Cow::Borrowed(raw) });
         }
         let mut out: Vec<String> = Vec::new();
         let trailing_slash = raw.len() > 1 && raw.ends_with('/');
@@ -44,12 +42,9 @@ impl<'a> CanonicalPath<'a> {
             // Path parameters go first, before decoding, as in Tomcat.
             let seg = seg.split(';').next().unwrap_or("");
             let bytes = percent_decode_path(seg)?;
-            let seg = String::from_utf8(bytes)
-                .map_err(|_| NotCanonical("the path is not UTF-8 once decoded"))?;
+            let seg = String::from_utf8(bytes).map_err(|_| NotCanonical("the path is not UTF-8 once decoded"))?;
             if seg.contains(['/', '\\', '\0', '%', ';']) {
-                return Err(NotCanonical(
-                    "the path encodes a separator, a NUL or a percent sign",
-                ));
+                return Err(NotCanonical("the path encodes a separator, a NUL or a percent sign"));
             }
             match seg.as_str() {
                 "" | "." => {}
@@ -69,9 +64,7 @@ impl<'a> CanonicalPath<'a> {
         if decoded.is_empty() || (trailing_slash && !out.is_empty()) {
             decoded.push('/');
         }
-        Ok(Self {
-            decoded: Cow::Owned(decoded),
-        })
+        Ok(Self { decoded: Cow::Owned(decoded) })
     }
 
     /// The decoded path, as routes are matched against it.
@@ -91,9 +84,7 @@ impl<'a> CanonicalPath<'a> {
     pub fn is_xmlapi(&self) -> bool {
         let p = self.decoded.as_bytes();
         let n = XMLAPI_PATH.len();
-        p.len() >= n
-            && p[..n].eq_ignore_ascii_case(XMLAPI_PATH.as_bytes())
-            && (p.len() == n || p[n] == b'/')
+        p.len() >= n && p[..n].eq_ignore_ascii_case(XMLAPI_PATH.as_bytes()) && (p.len() == n || p[n] == b'/')
     }
 
     /// The path to send upstream: the canonical path, percent-encoded where a
@@ -138,22 +129,7 @@ fn is_pchar_or_slash(c: char) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
-            '/' | '-'
-                | '.'
-                | '_'
-                | '~'
-                | '!'
-                | '$'
-                | '&'
-                | '\''
-                | '('
-                | ')'
-                | '*'
-                | '+'
-                | ','
-                | '='
-                | ':'
-                | '@'
+            '/' | '-' | '.' | '_' | '~' | '!' | '$' | '&' | '\'' | '(' | ')' | '*' | '+' | ',' | '=' | ':' | '@'
         )
 }
 
@@ -206,8 +182,8 @@ impl RoutePattern {
         let method = if m == "*" {
             None
         } else {
-            let method = Method::from_bytes(m.as_bytes())
-                .map_err(|_| format!("route {s:?}: {m:?} is not an HTTP method"))?;
+            let method =
+                Method::from_bytes(m.as_bytes()).map_err(|_| format!("route {s:?}: {m:?} is not an HTTP method"))?;
             if !m.bytes().all(|c| c.is_ascii_uppercase()) {
                 return Err(format!("route {s:?}: write the method in upper case"));
             }
@@ -216,16 +192,12 @@ impl RoutePattern {
         if !p.starts_with('/') {
             return Err(format!("route {s:?}: the path glob must start with '/'"));
         }
-        Ok(Self {
-            method,
-            glob: p.into(),
-        })
+        Ok(Self { method, glob: p.into() })
     }
 
     /// Whether a request with this method and canonical path is covered.
     pub fn matches(&self, method: &Method, path: &CanonicalPath<'_>) -> bool {
-        self.method.as_ref().is_none_or(|m| m == method)
-            && glob_match(self.glob.as_bytes(), path.as_str().as_bytes())
+        self.method.as_ref().is_none_or(|m| m == method) && glob_match(self.glob.as_bytes(), path.as_str().as_bytes())
     }
 }
 
@@ -272,12 +244,7 @@ mod tests {
 
     #[test]
     fn plain_paths_are_borrowed_unchanged() {
-        for p in [
-            "/opi/XMLAPI",
-            "/",
-            "/opi/rest/outscan/targets/",
-            "/a.b/c-d_e~f",
-        ] {
+        for p in ["/opi/XMLAPI", "/", "/opi/rest/outscan/targets/", "/a.b/c-d_e~f"] {
             let c = CanonicalPath::parse(p).unwrap();
             assert!(c.is_unchanged(), "{p}");
             assert_eq!(c.as_str(), p);

@@ -58,11 +58,7 @@ pub struct Shared {
 }
 
 /// Handles one request from `peer`.
-pub async fn handle(
-    shared: Arc<Shared>,
-    peer: PeerAddr,
-    req: Request<ClientBody>,
-) -> Response<GatewayBody> {
+pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody>) -> Response<GatewayBody> {
     let start = Instant::now();
     let now = SystemTime::now();
     let (mut parts, body) = req.into_parts();
@@ -80,29 +76,15 @@ pub async fn handle(
 
     let mut params = Params::default();
     let query = parts.uri.query().map(str::as_bytes).unwrap_or_default();
-    let scanned = params
-        .scan(query)
-        .and_then(|()| form.as_deref().map_or(Ok(()), |f| params.scan(f)))
-        .map(|()| params);
+    let scanned = params.scan(query).and_then(|()| form.as_deref().map_or(Ok(()), |f| params.scan(f))).map(|()| params);
     let json = scanned.as_ref().is_ok_and(|p| p.json);
     let action_for_log = match &scanned {
-        Ok(Params {
-            action: Slot::One(a),
-            ..
-        }) => Some(AccessRecord::action_for_log(a)),
+        Ok(Params { action: Slot::One(a), .. }) => Some(AccessRecord::action_for_log(a)),
         _ => None,
     };
-    let resolved = resolve(
-        peer,
-        parts
-            .headers
-            .get_all(HeaderName::from_static("x-forwarded-for"))
-            .iter(),
-        &shared.trusted,
-    );
-    let client_for_log = resolved
-        .as_ref()
-        .map_or(peer.0.to_canonical(), |r| r.client.0);
+    let resolved =
+        resolve(peer, parts.headers.get_all(HeaderName::from_static("x-forwarded-for")).iter(), &shared.trusted);
+    let client_for_log = resolved.as_ref().map_or(peer.0.to_canonical(), |r| r.client.0);
     let cfg = &shared.upstream_cfg;
 
     // Decide against one table, and compute where a grant goes while the
@@ -120,9 +102,7 @@ pub async fn handle(
         let table = shared.tokens.current();
         match decide(&table, &asked) {
             Ok(entry) => {
-                entry
-                    .state(shared.tokens.states())
-                    .record(ALLOWED, client_for_log, now);
+                entry.state(shared.tokens.states()).record(ALLOWED, client_for_log, now);
                 let uri = match &asked.path {
                     Ok(path) => rewrite::upstream_uri(
                         &cfg.scheme,
@@ -139,17 +119,10 @@ pub async fn handle(
             }
             Err(refusal) => {
                 match refusal.token {
-                    Some(e) => e.state(shared.tokens.states()).record(
-                        refusal.denial.index(),
-                        client_for_log,
-                        now,
-                    ),
+                    Some(e) => e.state(shared.tokens.states()).record(refusal.denial.index(), client_for_log, now),
                     None => shared.metrics.anonymous_denial(refusal.denial.index()),
                 }
-                (
-                    Err((refusal.denial, refusal.token.map(|e| e.name.clone()))),
-                    None,
-                )
+                (Err((refusal.denial, refusal.token.map(|e| e.name.clone()))), None)
             }
         }
     };
@@ -189,12 +162,7 @@ pub async fn handle(
         (None, Some(b)) => Either::Right(Box::pin(b)),
         (None, None) => Either::Left(Full::new(Bytes::new())),
     };
-    rewrite::upstream_headers(
-        &mut parts.headers,
-        &cfg.authority,
-        &resolved,
-        matches!(up_body, Either::Left(_)),
-    );
+    rewrite::upstream_headers(&mut parts.headers, &cfg.authority, &resolved, matches!(up_body, Either::Left(_)));
     parts.uri = uri;
     parts.version = rewrite::UPSTREAM_VERSION;
     let up_req = Request::from_parts(parts, up_body);
@@ -210,10 +178,7 @@ pub async fn handle(
         Err(e) => {
             shared.metrics.upstream_failure(e.index());
             record.outcome = Outcome::UpstreamFailed(e.code());
-            own_answer(
-                xmlapi_error(e.status(), e.code(), e.message(), json),
-                record,
-            )
+            own_answer(xmlapi_error(e.status(), e.code(), e.message(), json), record)
         }
     }
 }

@@ -55,9 +55,7 @@ pub fn upstream_uri(
     query: Option<&str>,
     credential: Option<&UpstreamToken>,
 ) -> Result<Uri, http::Error> {
-    let mut s = String::with_capacity(
-        16 + authority.as_str().len() + raw_path.len() + query.map_or(0, str::len) + 80,
-    );
+    let mut s = String::with_capacity(16 + authority.as_str().len() + raw_path.len() + query.map_or(0, str::len) + 80);
     s.push_str(scheme.as_str());
     s.push_str("://");
     s.push_str(authority.as_str());
@@ -92,12 +90,7 @@ pub fn upstream_uri(
 }
 
 /// Rewrites the request headers in place for the upstream.
-pub fn upstream_headers(
-    headers: &mut HeaderMap,
-    authority: &Authority,
-    resolved: &Resolved,
-    body_rebuilt: bool,
-) {
+pub fn upstream_headers(headers: &mut HeaderMap, authority: &Authority, resolved: &Resolved, body_rebuilt: bool) {
     drop_hop_by_hop(headers);
     if body_rebuilt {
         // The client sets the length of the rebuilt body.
@@ -106,10 +99,7 @@ pub fn upstream_headers(
     if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
         headers.insert(header::HOST, host);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-for"),
-        forwarded_for(resolved),
-    );
+    headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for(resolved));
 }
 
 fn forwarded_for(r: &Resolved) -> HeaderValue {
@@ -132,16 +122,7 @@ mod tests {
     fn uri(path: &str, query: Option<&str>, cred: Option<&str>) -> String {
         let p = CanonicalPath::parse(path).unwrap();
         let c = cred.map(|c| UpstreamToken(c.into()));
-        upstream_uri(
-            &Scheme::HTTPS,
-            &"scanner:8443".parse().unwrap(),
-            path,
-            &p,
-            query,
-            c.as_ref(),
-        )
-        .unwrap()
-        .to_string()
+        upstream_uri(&Scheme::HTTPS, &"scanner:8443".parse().unwrap(), path, &p, query, c.as_ref()).unwrap().to_string()
     }
 
     #[test]
@@ -150,22 +131,10 @@ mod tests {
             uri("/opi/XMLAPI", Some("APPTOKEN=x&ACTION=A"), Some("UP")),
             "https://scanner:8443/opi/XMLAPI?APPTOKEN=UP&ACTION=A"
         );
-        assert_eq!(
-            uri("/opi/XMLAPI", Some("apptoken=x"), Some("UP")),
-            "https://scanner:8443/opi/XMLAPI?APPTOKEN=UP"
-        );
-        assert_eq!(
-            uri("/opi/XMLAPI", Some("apptoken=x"), None),
-            "https://scanner:8443/opi/XMLAPI"
-        );
-        assert_eq!(
-            uri("/opi/XMLAPI", Some("A=%7e+b&APPTOKEN=x"), None),
-            "https://scanner:8443/opi/XMLAPI?A=%7e+b"
-        );
-        assert_eq!(
-            uri("/opi//XMLAPI;x", None, Some("U P")),
-            "https://scanner:8443/opi/XMLAPI?APPTOKEN=U%20P"
-        );
+        assert_eq!(uri("/opi/XMLAPI", Some("apptoken=x"), Some("UP")), "https://scanner:8443/opi/XMLAPI?APPTOKEN=UP");
+        assert_eq!(uri("/opi/XMLAPI", Some("apptoken=x"), None), "https://scanner:8443/opi/XMLAPI");
+        assert_eq!(uri("/opi/XMLAPI", Some("A=%7e+b&APPTOKEN=x"), None), "https://scanner:8443/opi/XMLAPI?A=%7e+b");
+        assert_eq!(uri("/opi//XMLAPI;x", None, Some("U P")), "https://scanner:8443/opi/XMLAPI?APPTOKEN=U%20P");
     }
 
     #[test]
@@ -179,10 +148,7 @@ mod tests {
         h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         h.insert("content-length", "10".parse().unwrap());
         h.insert("accept", "*/*".parse().unwrap());
-        let r = Resolved {
-            client: ClientIp("192.0.2.1".parse().unwrap()),
-            hops: vec!["10.0.0.1".parse().unwrap()],
-        };
+        let r = Resolved { client: ClientIp("192.0.2.1".parse().unwrap()), hops: vec!["10.0.0.1".parse().unwrap()] };
         upstream_headers(&mut h, &"scanner".parse().unwrap(), &r, true);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 3, "{names:?}");

@@ -82,24 +82,17 @@ impl Upstream {
                 .and_then(|it| it.collect::<Result<_, _>>())
                 .map_err(|e| format!("cannot read upstream.ca_file {}: {e}", ca.display()))?;
             if certs.is_empty() {
-                return Err(format!(
-                    "upstream.ca_file {} holds no certificate",
-                    ca.display()
-                ));
+                return Err(format!("upstream.ca_file {} holds no certificate", ca.display()));
             }
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("upstream.ca_file {}: {e}", ca.display()))?;
+                roots.add(c).map_err(|e| format!("upstream.ca_file {}: {e}", ca.display()))?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(
-            rustls::crypto::ring::default_provider().into(),
-        )
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -118,18 +111,12 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(1024)
             .build(https);
-        Ok(Self {
-            client,
-            timeout: cfg.timeout,
-        })
+        Ok(Self { client, timeout: cfg.timeout })
     }
 
     /// Sends one request; returns the answer's head (its body streams) and
     /// how long it took to begin.
-    pub async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Duration), UpstreamError> {
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<(Response<Incoming>, Duration), UpstreamError> {
         self.send_quietly(req).await.map_err(|(kind, why)| {
             tracing::warn!(error = %why, "upstream request failed");
             kind
@@ -142,10 +129,7 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Duration), (UpstreamError, String)> {
         let start = Instant::now();
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err((
-                UpstreamError::Timeout,
-                format!("no answer within {:?}", self.timeout),
-            )),
+            Err(_) => Err((UpstreamError::Timeout, format!("no answer within {:?}", self.timeout))),
             Ok(Ok(resp)) => Ok((resp, start.elapsed())),
             Ok(Err(e)) => Err((classify(&e), error_chain(&e))),
         }
@@ -158,17 +142,11 @@ pub const PROBE_USER_AGENT: &str = "tokengate-readiness-probe";
 impl Upstream {
     /// Asks the upstream for `/` with no credential; true when it answers at
     /// all (any status), which is what readiness means here.
-    pub async fn probe(
-        &self,
-        scheme: &http::uri::Scheme,
-        authority: &http::uri::Authority,
-    ) -> bool {
+    pub async fn probe(&self, scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> bool {
         let uri = format!("{scheme}://{authority}/");
         let Ok(req) = Request::get(uri)
             .header(http::header::USER_AGENT, PROBE_USER_AGENT)
-            .body(http_body_util::Either::Left(http_body_util::Full::new(
-                bytes::Bytes::new(),
-            )))
+            .body(http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new())))
         else {
             return false;
         };

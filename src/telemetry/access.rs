@@ -115,11 +115,7 @@ pin_project_lite::pin_project! {
 impl<B> Logged<B> {
     /// Wraps `inner`; the line is written once.
     pub fn new(inner: B, record: Box<AccessRecord>) -> Self {
-        Self {
-            inner,
-            record: Some(record),
-            bytes: 0,
-        }
+        Self { inner, record: Some(record), bytes: 0 }
     }
 }
 
@@ -127,10 +123,7 @@ impl<B: Body> Body for Logged<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let res = this.inner.poll_frame(cx);
         match &res {

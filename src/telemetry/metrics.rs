@@ -19,9 +19,7 @@ use crate::denial::DENIAL_CODES;
 use crate::tokens::state::StateRegistry;
 
 /// Upper bounds of the upstream latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
-];
+const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
 
 /// Ways the upstream can fail, as label values.
 pub const UPSTREAM_FAILURES: [&str; 3] = ["unreachable", "tls", "timeout"];
@@ -59,13 +57,9 @@ impl Metrics {
     /// Records the time the upstream took to begin its answer.
     pub fn upstream_latency(&self, d: Duration) {
         let s = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|&b| s <= b)
-            .unwrap_or(BUCKETS.len());
+        let i = BUCKETS.iter().position(|&b| s <= b).unwrap_or(BUCKETS.len());
         self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
         self.upstream_ready.store(true, Ordering::Relaxed);
     }
 
@@ -90,9 +84,7 @@ impl Metrics {
             ReloadOutcome::Success => {
                 self.reload_success.fetch_add(1, Ordering::Relaxed);
                 self.tokens_loaded.store(tokens as u64, Ordering::Relaxed);
-                let ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                 self.last_good_load_ms.store(ms, Ordering::Relaxed);
             }
             ReloadOutcome::Failure => {
@@ -103,19 +95,13 @@ impl Metrics {
 
     /// Reload attempts so far: (successes, failures). The first load counts.
     pub fn reloads(&self) -> (u64, u64) {
-        (
-            self.reload_success.load(Ordering::Relaxed),
-            self.reload_failure.load(Ordering::Relaxed),
-        )
+        (self.reload_success.load(Ordering::Relaxed), self.reload_failure.load(Ordering::Relaxed))
     }
 
     /// The Prometheus text exposition of everything.
     pub fn render(self: &Arc<Self>, states: &Arc<StateRegistry>) -> String {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Scrape {
-            metrics: self.clone(),
-            states: states.clone(),
-        }));
+        registry.register_collector(Box::new(Scrape { metrics: self.clone(), states: states.clone() }));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -148,20 +134,13 @@ impl Collector for Scrape {
             }
             for (name, state) in self.states.snapshot() {
                 // Outcome indexes: one per denial code, then allowed.
-                let reasons = DENIAL_CODES
-                    .iter()
-                    .map(|c| ("denied", *c))
-                    .chain([("allowed", "ok")]);
+                let reasons = DENIAL_CODES.iter().map(|c| ("denied", *c)).chain([("allowed", "ok")]);
                 for (outcome, (decision, reason)) in reasons.enumerate() {
                     let n = state.count(outcome);
                     if n == 0 {
                         continue;
                     }
-                    let labels = [
-                        ("decision", decision),
-                        ("reason", reason),
-                        ("token", &*name),
-                    ];
+                    let labels = [("decision", decision), ("reason", reason), ("token", &*name)];
                     ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
                 }
             }
@@ -181,11 +160,7 @@ impl Collector for Scrape {
         {
             let mut cumulative = 0;
             let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
-            for (i, bound) in BUCKETS
-                .iter()
-                .chain(std::iter::once(&f64::INFINITY))
-                .enumerate()
-            {
+            for (i, bound) in BUCKETS.iter().chain(std::iter::once(&f64::INFINITY)).enumerate() {
                 cumulative += m.latency_buckets[i].load(Ordering::Relaxed);
                 buckets.push((*bound, cumulative));
             }
@@ -196,17 +171,11 @@ impl Collector for Scrape {
                 None,
                 MetricType::Histogram,
             )?;
-            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                sum, cumulative, &buckets, None,
-            )?;
+            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, cumulative, &buckets, None)?;
         }
         {
-            let mut fam = enc.encode_descriptor(
-                "tokengate_reloads",
-                "Token file loads by outcome.",
-                None,
-                MetricType::Counter,
-            )?;
+            let mut fam =
+                enc.encode_descriptor("tokengate_reloads", "Token file loads by outcome.", None, MetricType::Counter)?;
             let (ok, failed) = m.reloads();
             ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
             ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
@@ -222,11 +191,7 @@ impl Collector for Scrape {
                 "When the table now serving was loaded (Unix time).",
                 m.last_good_load_ms.load(Ordering::Relaxed) as f64 / 1000.0,
             ),
-            (
-                "tokengate_upstream_up",
-                "1 once the upstream has answered.",
-                if m.upstream_ready() { 1.0 } else { 0.0 },
-            ),
+            ("tokengate_upstream_up", "1 once the upstream has answered.", if m.upstream_ready() { 1.0 } else { 0.0 }),
         ];
         for (name, help, v) in gauges {
             let g = ConstGauge::new(v);

@@ -3,13 +3,13 @@
 //! applied; a file with any error yields no table. Shared by `check`, the
 //! loader at start and every reload.
 //!
-//! Two readers produce the same [`RawFile`]: a fast line scanner for the
-//! shape token files are written in (`tokens::lines`), and the general TOML
-//! parser (toml_edit), used whenever the scanner meets anything else, and so
-//! for every file with a structural error. Both feed one validation.
+//! Two readers hand the same raw tables to one validation (a [`Sink`]): a
+//! fast line scanner for the shape token files are written in
+//! (`tokens::lines`), and the general TOML parser (toml_edit), used whenever
+//! the scanner meets anything else, and so for every file with a structural
+//! error.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -24,7 +25,7 @@ use toml_edit::{ImDocument, Item};
 
 use super::lines;
 use super::state::StateRegistry;
-use super::table::{AccessRight, Actions, IpRestriction, Token, TokenEntry, TokenHash, TokenTable};
+use super::table::{AccessRight, Actions, IpRestriction, Token, TokenEntry, TokenHash, TokenMap, TokenTable};
 use crate::decide::route::RoutePattern;
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
 
@@ -39,10 +40,7 @@ pub struct Str<'a> {
 
 impl<'a> Str<'a> {
     fn owned(s: Spanned<String>) -> Self {
-        Self {
-            span: s.span(),
-            text: Cow::Owned(s.into_inner()),
-        }
+        Self { span: s.span(), text: Cow::Owned(s.into_inner()) }
     }
 }
 
@@ -80,15 +78,6 @@ pub struct RawToken<'a> {
     pub access_right: Str<'a>,
     /// `expires`, as RFC 3339 text.
     pub expires: Option<Str<'a>>,
-}
-
-/// A token file whose structure is right (keys, types); values not yet checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RawFile<'a> {
-    /// In file order.
-    pub rights: Vec<RawRight<'a>>,
-    /// In file order.
-    pub tokens: Vec<RawToken<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -146,21 +135,33 @@ pub fn load(path: &Path, states: &StateRegistry) -> Result<Loaded, ConfigErrors>
 pub fn parse(path: &Path, text: &str, states: &StateRegistry) -> Result<Loaded, ConfigErrors> {
     // Live state is attached lazily, on a token's first request after a load.
     let _ = states;
-    let mut src = Source::new(path, text);
-    let raw = match lines::scan(text) {
-        Some(raw) => raw,
-        None => match read_toml(&mut src) {
-            Some(raw) => raw,
-            None => return Err(ConfigErrors(src.into_errors())),
-        },
-    };
-    build(raw, src)
+    let mut fast = Builder::new(Source::new(path, text));
+    if lines::scan(text, &mut fast).is_some() {
+        return fast.finish();
+    }
+    // Not the usual shape: read it again, as TOML, from scratch.
+    drop(fast);
+    let mut general = Builder::new(Source::new(path, text));
+    read_toml(&mut general);
+    general.finish()
+}
+
+/// Receives the tables of a token file in file order, whichever reader
+/// found them.
+pub trait Sink<'a> {
+    /// One `[access_rights.NAME]`.
+    fn right(&mut self, r: RawRight<'a>);
+    /// One `[[token]]`.
+    fn token(&mut self, t: RawToken<'a>);
+    /// Where errors go.
+    fn source(&mut self) -> &mut Source<'a>;
 }
 
 /// The general reader: toml_edit, each table deserialised on its own so that
 /// one broken `[[token]]` does not hide the errors of the next. `None` only
 /// for a syntax error; other errors are recorded in `src`.
-pub fn read_toml<'a>(src: &mut Source<'a>) -> Option<RawFile<'a>> {
+pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
+    let src = sink.source();
     let text = src.text();
     let doc = match ImDocument::parse(text) {
         Ok(d) => d,
@@ -172,34 +173,27 @@ pub fn read_toml<'a>(src: &mut Source<'a>) -> Option<RawFile<'a>> {
     for (key, _) in doc.iter() {
         if key != "access_rights" && key != "token" {
             let span = doc.key(key).and_then(|k| k.span());
-            src.error(
-                span,
-                format!("unknown key `{key}`: expected `access_rights` or `token`"),
-            );
+            src.error(span, format!("unknown key `{key}`: expected `access_rights` or `token`"));
         }
     }
-    let mut raw = RawFile::default();
     if let Some(item) = doc.get("access_rights") {
         match item.as_table_like() {
-            None => src.error(
-                item.span(),
-                "`access_rights` must be a table of named rights",
-            ),
+            None => src.error(item.span(), "`access_rights` must be a table of named rights"),
             Some(table) => {
                 for (name, item) in table.iter() {
                     let span = item.span();
                     let Ok(v) = item.clone().into_value() else {
-                        src.error(span, format!("access right `{name}` must be a table"));
+                        sink.source().error(span, format!("access right `{name}` must be a table"));
                         continue;
                     };
                     match SerdeRight::deserialize(v.into_deserializer()) {
-                        Ok(r) => raw.rights.push(RawRight {
+                        Ok(r) => sink.right(RawRight {
                             name: Cow::Owned(name.to_string()),
                             span: span.unwrap_or(0..0),
                             actions: r.actions.into_iter().map(Str::owned).collect(),
                             routes: r.routes.into_iter().map(Str::owned).collect(),
                         }),
-                        Err(e) => src.toml_error(&e, span),
+                        Err(e) => sink.source().toml_error(&e, span),
                     }
                 }
             }
@@ -207,46 +201,39 @@ pub fn read_toml<'a>(src: &mut Source<'a>) -> Option<RawFile<'a>> {
     }
     if let Some(item) = doc.get("token") {
         match item.as_array_of_tables() {
-            None => src.error(item.span(), "`token` must be written as [[token]] tables"),
+            None => sink.source().error(item.span(), "`token` must be written as [[token]] tables"),
             Some(array) => {
                 for table in array.iter() {
                     let span = table.span();
                     let Ok(v) = Item::Table(table.clone()).into_value() else {
-                        src.error(span, "a [[token]] must be a table");
+                        sink.source().error(span, "a [[token]] must be a table");
                         continue;
                     };
                     match SerdeToken::deserialize(v.into_deserializer()) {
                         Ok(t) => {
                             let span = span.unwrap_or(0..0);
-                            let line = src.line_of(span.start) as u32;
+                            let line = sink.source().line_of(span.start) as u32;
                             let expires = t.expires.map(|e| {
                                 let span = e.span();
                                 let text = match e.into_inner() {
                                     SerdeExpiry::Datetime(d) => d.to_string(),
                                     SerdeExpiry::Text(s) => s,
                                 };
-                                Str {
-                                    text: Cow::Owned(text),
-                                    span,
-                                }
+                                Str { text: Cow::Owned(text), span }
                             });
-                            raw.tokens.push(RawToken {
+                            sink.token(RawToken {
                                 span,
                                 line,
                                 name: Str::owned(t.name),
                                 active: t.active,
                                 token: t.token.map(Str::owned),
                                 token_sha256: t.token_sha256.map(Str::owned),
-                                ip_restriction: t
-                                    .ip_restriction
-                                    .into_iter()
-                                    .map(Str::owned)
-                                    .collect(),
+                                ip_restriction: t.ip_restriction.into_iter().map(Str::owned).collect(),
                                 access_right: Str::owned(t.access_right),
                                 expires,
                             });
                         }
-                        Err(e) => src.toml_error(&e, span),
+                        Err(e) => sink.source().toml_error(&e, span),
                     }
                 }
             }
@@ -254,14 +241,186 @@ pub fn read_toml<'a>(src: &mut Source<'a>) -> Option<RawFile<'a>> {
     }
     // Structural errors are recorded; the tables that did read are still
     // validated, so one pass reports every error.
-    Some(raw)
+    Some(())
 }
 
-/// Validates values and builds the table: every error is recorded.
-fn build(raw: RawFile<'_>, mut src: Source<'_>) -> Result<Loaded, ConfigErrors> {
-    let mut rights: HashMap<&str, Arc<AccessRight>> = HashMap::with_capacity(raw.rights.len());
-    let mut right_order = Vec::with_capacity(raw.rights.len());
-    for r in &raw.rights {
+/// Validates each table as it arrives and builds the table from it; every
+/// error is recorded, and any error means no table.
+struct Builder<'a> {
+    src: Source<'a>,
+    rights: FxHashMap<Box<str>, Arc<AccessRight>>,
+    right_order: Vec<Arc<AccessRight>>,
+    by_hash: TokenMap,
+    names: FxHashMap<Arc<str>, u32>,
+    /// Identical restrictions share one allocation (most tokens have one of a few).
+    restrictions: FxHashMap<Vec<IpNet>, IpRestriction>,
+    /// The previous token's restriction, as written: the common case of the
+    /// same list line after line costs no parsing.
+    last_restriction: Option<(Vec<Str<'a>>, IpRestriction)>,
+    /// Tokens naming a right not seen yet (rights may follow tokens).
+    pending: Vec<RawToken<'a>>,
+    warnings: Vec<ConfigError>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(src: Source<'a>) -> Self {
+        Self {
+            src,
+            rights: FxHashMap::default(),
+            right_order: Vec::new(),
+            by_hash: TokenMap::default(),
+            names: FxHashMap::default(),
+            restrictions: FxHashMap::default(),
+            last_restriction: None,
+            pending: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn finish(mut self) -> Result<Loaded, ConfigErrors> {
+        for t in std::mem::take(&mut self.pending) {
+            self.add_token(t, true);
+        }
+        if self.src.has_errors() {
+            return Err(ConfigErrors(self.src.into_errors()));
+        }
+        self.by_hash.shrink_to_fit();
+        Ok(Loaded { table: TokenTable::from_map(self.by_hash, self.right_order), warnings: self.warnings })
+    }
+
+    fn add_token(&mut self, t: RawToken<'a>, last_chance: bool) {
+        let Some(right) = self.rights.get(t.access_right.text.as_ref()).cloned() else {
+            if last_chance {
+                self.src.error(
+                    Some(t.access_right.span.clone()),
+                    format!("access right `{}` is not defined in [access_rights]", t.access_right.text),
+                );
+                self.check_values(&t);
+            } else {
+                self.pending.push(t);
+            }
+            return;
+        };
+        let checked = self.check_values(&t);
+        let Some((hash, expires, ip_restriction)) = checked else { return };
+        let name: Arc<str> = Arc::from(t.name.text.as_ref());
+        if name.trim().is_empty() {
+            self.src.error(Some(t.name.span.clone()), "`name` must not be empty");
+        } else if let Some(first) = self.names.get(&name) {
+            let first = *first;
+            self.src.error(Some(t.name.span.clone()), format!("duplicate name `{name}`: first used at line {first}"));
+        } else {
+            self.names.insert(name.clone(), t.line);
+        }
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                let at = t.token_sha256.as_ref().or(t.token.as_ref()).map(|s| s.span.clone());
+                let msg = format!(
+                    "duplicate token: `{name}` is the same token as `{}` at line {}",
+                    first.get().name,
+                    first.get().line
+                );
+                self.src.error(at, msg);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(TokenEntry {
+                    name,
+                    active: t.active,
+                    expires,
+                    ip_restriction,
+                    right,
+                    state: OnceLock::new(),
+                    line: t.line,
+                });
+            }
+        }
+    }
+
+    /// The digest, expiry and restriction of a token, recording what is
+    /// wrong. Only a missing digest stops the token from being entered: the
+    /// others are still checked for duplicates (the table is not used then).
+    fn check_values(&mut self, t: &RawToken<'a>) -> Option<(TokenHash, Option<SystemTime>, IpRestriction)> {
+        let name = t.name.text.as_ref();
+        let hash = match (&t.token, &t.token_sha256) {
+            (Some(_), Some(d)) => {
+                self.src.error(Some(d.span.clone()), "give `token` or `token_sha256`, not both");
+                None
+            }
+            (None, None) => {
+                self.src.error(Some(t.span.clone()), format!("token `{name}` needs `token_sha256` (or `token`)"));
+                None
+            }
+            (None, Some(d)) => {
+                let h = TokenHash::from_hex(d.text.trim());
+                if h.is_none() {
+                    self.src
+                        .error(Some(d.span.clone()), "`token_sha256` must be 64 hex digits (the SHA-256 of the token)");
+                }
+                h
+            }
+            (Some(p), None) => {
+                if p.text.is_empty() {
+                    self.src.error(Some(p.span.clone()), "`token` must not be empty");
+                    None
+                } else {
+                    let (line, column) = self.src.line_col(p.span.start);
+                    self.warnings.push(ConfigError {
+                        file: self.src.path().to_path_buf(),
+                        line,
+                        column,
+                        message: format!(
+                            "token `{name}` is stored in plain text; store `token_sha256` instead (tokengate token hash)"
+                        ),
+                    });
+                    Some(TokenHash::of(&Token(p.text.as_bytes())))
+                }
+            }
+        };
+        let restriction = self.restriction(&t.ip_restriction);
+        let expires = match &t.expires {
+            None => Some(None),
+            Some(e) => {
+                let at = parse_rfc3339(&e.text);
+                if at.is_none() {
+                    self.src.error(
+                        Some(e.span.clone()),
+                        "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z",
+                    );
+                }
+                at.map(Some)
+            }
+        };
+        Some((hash?, expires.flatten(), restriction.unwrap_or_default()))
+    }
+
+    fn restriction(&mut self, entries: &[Str<'a>]) -> Option<IpRestriction> {
+        if let Some((text, r)) = &self.last_restriction {
+            if text.len() == entries.len() && text.iter().zip(entries).all(|(a, b)| a.text == b.text) {
+                return Some(r.clone());
+            }
+        }
+        let mut nets = Vec::with_capacity(entries.len());
+        let mut ok = true;
+        for entry in entries {
+            match parse_cidr(&entry.text) {
+                Some(n) => nets.push(n),
+                None => {
+                    ok = false;
+                    self.src.error(Some(entry.span.clone()), format!("{:?} is not an IP address or CIDR", entry.text));
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let r = self.restrictions.entry(nets).or_insert_with_key(|k| IpRestriction::new(k.clone())).clone();
+        self.last_restriction = Some((entries.to_vec(), r.clone()));
+        Some(r)
+    }
+}
+
+impl<'a> Sink<'a> for Builder<'a> {
+    fn right(&mut self, r: RawRight<'a>) {
         let mut actions = Vec::new();
         let mut any = false;
         for a in &r.actions {
@@ -269,7 +428,7 @@ fn build(raw: RawFile<'_>, mut src: Source<'_>) -> Result<Loaded, ConfigErrors> 
             if v == "*" {
                 any = true;
             } else if v.is_empty() || !v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-                src.error(
+                self.src.error(
                     Some(a.span.clone()),
                     format!("{v:?} is not an XMLAPI ACTION name (letters, digits, _) or \"*\""),
                 );
@@ -281,164 +440,22 @@ fn build(raw: RawFile<'_>, mut src: Source<'_>) -> Result<Loaded, ConfigErrors> 
         for rt in &r.routes {
             match RoutePattern::parse(&rt.text) {
                 Ok(p) => routes.push(p),
-                Err(msg) => src.error(Some(rt.span.clone()), msg),
+                Err(msg) => self.src.error(Some(rt.span.clone()), msg),
             }
         }
-        let actions = if any {
-            Actions::Any
-        } else {
-            Actions::Listed(actions.into())
-        };
-        let right = Arc::new(AccessRight {
-            name: r.name.as_ref().into(),
-            actions,
-            routes: routes.into(),
-        });
-        right_order.push(right.clone());
-        rights.insert(r.name.as_ref(), right);
+        let actions = if any { Actions::Any } else { Actions::Listed(actions.into()) };
+        let right = Arc::new(AccessRight { name: r.name.as_ref().into(), actions, routes: routes.into() });
+        self.right_order.push(right.clone());
+        self.rights.insert(r.name.as_ref().into(), right);
     }
 
-    let mut warnings = Vec::new();
-    let mut by_hash: HashMap<TokenHash, TokenEntry, _> =
-        HashMap::with_capacity_and_hasher(raw.tokens.len(), Default::default());
-    let mut names: HashMap<&str, u32> = HashMap::with_capacity(raw.tokens.len());
-    // Identical restrictions share one allocation (most tokens have one of a few).
-    let mut restrictions: HashMap<Vec<IpNet>, IpRestriction> = HashMap::new();
-    for t in &raw.tokens {
-        let name = t.name.text.as_ref();
-        if name.trim().is_empty() {
-            src.error(Some(t.name.span.clone()), "`name` must not be empty");
-        } else if let Some(first) = names.insert(name, t.line) {
-            names.insert(name, first);
-            src.error(
-                Some(t.name.span.clone()),
-                format!("duplicate name `{name}`: first used at line {first}"),
-            );
-        }
-
-        let hash = match (&t.token, &t.token_sha256) {
-            (Some(_), Some(d)) => {
-                src.error(
-                    Some(d.span.clone()),
-                    "give `token` or `token_sha256`, not both",
-                );
-                None
-            }
-            (None, None) => {
-                src.error(
-                    Some(t.span.clone()),
-                    format!("token `{name}` needs `token_sha256` (or `token`)"),
-                );
-                None
-            }
-            (None, Some(d)) => {
-                let h = TokenHash::from_hex(d.text.trim());
-                if h.is_none() {
-                    src.error(
-                        Some(d.span.clone()),
-                        "`token_sha256` must be 64 hex digits (the SHA-256 of the token)",
-                    );
-                }
-                h
-            }
-            (Some(p), None) => {
-                if p.text.is_empty() {
-                    src.error(Some(p.span.clone()), "`token` must not be empty");
-                    None
-                } else {
-                    let (line, column) = src.line_col(p.span.start);
-                    warnings.push(ConfigError {
-                        file: src.path().to_path_buf(),
-                        line,
-                        column,
-                        message: format!(
-                            "token `{name}` is stored in plain text; store `token_sha256` instead (tokengate token hash)"
-                        ),
-                    });
-                    Some(TokenHash::of(&Token(p.text.as_bytes())))
-                }
-            }
-        };
-
-        let mut nets = Vec::with_capacity(t.ip_restriction.len());
-        for entry in &t.ip_restriction {
-            match parse_cidr(&entry.text) {
-                Some(n) => nets.push(n),
-                None => src.error(
-                    Some(entry.span.clone()),
-                    format!("{:?} is not an IP address or CIDR", entry.text),
-                ),
-            }
-        }
-
-        let right = rights.get(t.access_right.text.as_ref()).cloned();
-        if right.is_none() {
-            src.error(
-                Some(t.access_right.span.clone()),
-                format!(
-                    "access right `{}` is not defined in [access_rights]",
-                    t.access_right.text
-                ),
-            );
-        }
-
-        let expires = t.expires.as_ref().and_then(|e| {
-            let at = parse_rfc3339(&e.text);
-            if at.is_none() {
-                src.error(
-                    Some(e.span.clone()),
-                    "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z",
-                );
-            }
-            at
-        });
-
-        let (Some(hash), Some(right)) = (hash, right) else {
-            continue;
-        };
-        let ip_restriction = restrictions
-            .entry(nets)
-            .or_insert_with_key(|k| IpRestriction::new(k.clone()))
-            .clone();
-        match by_hash.entry(hash) {
-            std::collections::hash_map::Entry::Occupied(first) => {
-                duplicate_token(&mut src, t, name, first.get())
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(TokenEntry {
-                    name: name.into(),
-                    active: t.active,
-                    expires,
-                    ip_restriction,
-                    right,
-                    state: OnceLock::new(),
-                    line: t.line,
-                });
-            }
-        }
+    fn token(&mut self, t: RawToken<'a>) {
+        self.add_token(t, false);
     }
-    if src.has_errors() {
-        return Err(ConfigErrors(src.into_errors()));
-    }
-    Ok(Loaded {
-        table: TokenTable::from_map(by_hash, right_order),
-        warnings,
-    })
-}
 
-fn duplicate_token(src: &mut Source<'_>, t: &RawToken<'_>, name: &str, first: &TokenEntry) {
-    let at = t
-        .token_sha256
-        .as_ref()
-        .or(t.token.as_ref())
-        .map(|s| s.span.clone());
-    src.error(
-        at,
-        format!(
-            "duplicate token: `{name}` is the same token as `{}` at line {}",
-            first.name, first.line
-        ),
-    );
+    fn source(&mut self) -> &mut Source<'a> {
+        &mut self.src
+    }
 }
 
 /// An address or a CIDR; a bare address is a single host.
@@ -499,19 +516,12 @@ access_right = "admin"
         assert!(e.expires.is_some());
         assert!(l.table.get(&TokenHash::of(&Token(b"plain"))).is_some());
         assert_eq!(l.warnings.len(), 1);
-        assert!(l.warnings[0]
-            .to_string()
-            .starts_with("tokens.toml:21:9: token `ops` is stored in plain text"));
+        assert!(l.warnings[0].to_string().starts_with("tokens.toml:21:9: token `ops` is stored in plain text"));
         assert!(!l.warnings[0].message.contains("\"plain\""));
     }
 
     fn errors(text: &str) -> Vec<String> {
-        parse_str(text)
-            .unwrap_err()
-            .0
-            .iter()
-            .map(|e| e.to_string())
-            .collect()
+        parse_str(text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
     }
 
     #[test]
@@ -605,9 +615,7 @@ access_right = "r"
         let errs = errors(text);
         assert_eq!(errs.len(), 2, "{errs:#?}");
         assert!(errs[0].starts_with("tokens.toml:9:8: duplicate name `a`: first used at line 2"));
-        assert!(errs[1].starts_with(
-            "tokens.toml:11:16: duplicate token: `a` is the same token as `a` at line 2"
-        ));
+        assert!(errs[1].starts_with("tokens.toml:11:16: duplicate token: `a` is the same token as `a` at line 2"));
         assert!(!errs.iter().any(|e| e.contains("secret")));
     }
 
@@ -623,10 +631,6 @@ access_right = "r"
         // A write that stopped after access_right, before ip_restriction.
         let cut = GOOD.split("ip_restriction = []").next().unwrap();
         let errs = errors(cut);
-        assert!(
-            errs.iter()
-                .any(|e| e.contains("missing field `ip_restriction`")),
-            "{errs:?}"
-        );
+        assert!(errs.iter().any(|e| e.contains("missing field `ip_restriction`")), "{errs:?}");
     }
 }

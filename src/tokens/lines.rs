@@ -7,17 +7,14 @@
 
 use std::borrow::Cow;
 
-use super::file::{RawFile, RawRight, RawToken, Str};
+use super::file::{RawRight, RawToken, Sink, Str};
 
-/// Scans `text`; `None` when it is not in the subset (or not valid TOML).
-pub fn scan(text: &str) -> Option<RawFile<'_>> {
-    let mut s = Scanner {
-        text,
-        b: text.as_bytes(),
-        pos: 0,
-        line: 1,
-    };
-    let mut file = RawFile::default();
+/// Scans `text`, handing each table to `sink` as it is read; `None` when
+/// the text is not in the subset (or not valid TOML): what the sink got is
+/// then to be thrown away.
+pub fn scan<'a>(text: &'a str, sink: &mut impl Sink<'a>) -> Option<()> {
+    let mut s = Scanner { text, b: text.as_bytes(), pos: 0, line: 1 };
+    let mut right_names: Vec<&'a str> = Vec::new();
     let mut current = Table::None;
     loop {
         s.skip_blank_lines()?;
@@ -32,12 +29,8 @@ pub fn scan(text: &str) -> Option<RawFile<'_>> {
                 return None;
             }
             s.end_of_line()?;
-            finish(&mut file, std::mem::take(&mut current))?;
-            current = Table::Token(TokenKeys {
-                line: line as u32,
-                start,
-                ..TokenKeys::default()
-            });
+            finish(sink, std::mem::take(&mut current))?;
+            current = Table::Token(TokenKeys { line: line as u32, start, ..TokenKeys::default() });
         } else if s.eat("[") {
             s.expect_word("access_rights")?;
             if !s.eat(".") {
@@ -48,17 +41,13 @@ pub fn scan(text: &str) -> Option<RawFile<'_>> {
                 return None;
             }
             s.end_of_line()?;
-            finish(&mut file, std::mem::take(&mut current))?;
-            if file.rights.iter().any(|r| r.name == name) {
+            finish(sink, std::mem::take(&mut current))?;
+            if right_names.contains(&name) {
                 return None;
             }
+            right_names.push(name);
             current = Table::Right(
-                RawRight {
-                    name: Cow::Borrowed(name),
-                    span: start..s.pos,
-                    actions: vec![],
-                    routes: vec![],
-                },
+                RawRight { name: Cow::Borrowed(name), span: start..s.pos, actions: vec![], routes: vec![] },
                 [false; 2],
             );
         } else {
@@ -103,8 +92,7 @@ pub fn scan(text: &str) -> Option<RawFile<'_>> {
             }
         }
     }
-    finish(&mut file, current)?;
-    Some(file)
+    finish(sink, current)
 }
 
 #[derive(Default)]
@@ -129,11 +117,11 @@ struct TokenKeys<'a> {
     expires: Option<Str<'a>>,
 }
 
-fn finish<'a>(file: &mut RawFile<'a>, t: Table<'a>) -> Option<()> {
+fn finish<'a>(sink: &mut impl Sink<'a>, t: Table<'a>) -> Option<()> {
     match t {
         Table::None => {}
-        Table::Right(r, _) => file.rights.push(r),
-        Table::Token(k) => file.tokens.push(RawToken {
+        Table::Right(r, _) => sink.right(r),
+        Table::Token(k) => sink.token(RawToken {
             span: k.start..k.end.max(k.start),
             line: k.line,
             // A missing required key: the general reader words the error.
@@ -228,8 +216,7 @@ impl<'a> Scanner<'a> {
 
     fn bare_key(&mut self) -> Option<&'a str> {
         let start = self.pos;
-        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-        {
+        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
             self.pos += 1;
         }
         (self.pos > start).then(|| &self.text[start..self.pos])
@@ -265,10 +252,7 @@ impl<'a> Scanner<'a> {
         }
         let text = &self.text[body..self.pos];
         self.pos += 1;
-        Some(Str {
-            text: Cow::Borrowed(text),
-            span: start..self.pos,
-        })
+        Some(Str { text: Cow::Borrowed(text), span: start..self.pos })
     }
 
     fn boolean(&mut self) -> Option<bool> {
@@ -324,18 +308,14 @@ impl<'a> Scanner<'a> {
             return self.string();
         }
         let start = self.pos;
-        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b':' | b'.' | b'+'))
-        {
+        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b':' | b'.' | b'+')) {
             self.pos += 1;
         }
         let raw = &self.text[start..self.pos];
         // Only the form the general reader would turn into the same text.
         let dt: toml_edit::Datetime = raw.parse().ok()?;
         (dt.date.is_some() && dt.time.is_some() && dt.offset.is_some() && dt.to_string() == raw)
-            .then_some(Str {
-                text: Cow::Borrowed(raw),
-                span: start..self.pos,
-            })
+            .then_some(Str { text: Cow::Borrowed(raw), span: start..self.pos })
     }
 }
 
@@ -346,10 +326,43 @@ mod tests {
     use proptest::prelude::*;
     use std::path::Path;
 
+    /// Collects what a reader hands over.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    struct RawFile<'a> {
+        rights: Vec<RawRight<'a>>,
+        tokens: Vec<RawToken<'a>>,
+    }
+
+    struct Collect<'a> {
+        file: RawFile<'a>,
+        src: Source<'a>,
+    }
+
+    impl<'a> Sink<'a> for Collect<'a> {
+        fn right(&mut self, r: RawRight<'a>) {
+            self.file.rights.push(r);
+        }
+        fn token(&mut self, t: RawToken<'a>) {
+            self.file.tokens.push(t);
+        }
+        fn source(&mut self) -> &mut Source<'a> {
+            &mut self.src
+        }
+    }
+
+    fn collect(text: &str) -> Collect<'_> {
+        Collect { file: RawFile::default(), src: Source::new(Path::new("t.toml"), text) }
+    }
+
+    fn scan(text: &str) -> Option<RawFile<'_>> {
+        let mut c = collect(text);
+        super::scan(text, &mut c).map(|()| c.file)
+    }
+
     fn general(text: &str) -> Option<RawFile<'_>> {
-        let mut src = Source::new(Path::new("t.toml"), text);
-        let raw = super::super::file::read_toml(&mut src);
-        raw.filter(|_| !src.has_errors())
+        let mut c = collect(text);
+        let ok = super::super::file::read_toml(&mut c);
+        ok.filter(|_| !c.src.has_errors()).map(|()| c.file)
     }
 
     /// What both readers must agree on: values as text, and spans (of

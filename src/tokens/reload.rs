@@ -31,21 +31,12 @@ impl TokenStore {
     /// Loads the file for the first time. There is no last good table yet,
     /// so an invalid file is an error for the caller to report. Returns the
     /// store and the file's warnings.
-    pub fn open(
-        path: &Path,
-        metrics: Arc<Metrics>,
-    ) -> Result<(Self, Vec<ConfigError>), ConfigErrors> {
+    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<(Self, Vec<ConfigError>), ConfigErrors> {
         let states = Arc::new(StateRegistry::default());
         let opened = fingerprint(path);
         let Loaded { table, warnings } = file::load(path, &states)?;
         metrics.reload(ReloadOutcome::Success, table.len());
-        let store = Self {
-            current: ArcSwap::from_pointee(table),
-            states,
-            path: path.to_path_buf(),
-            metrics,
-            opened,
-        };
+        let store = Self { current: ArcSwap::from_pointee(table), states, path: path.to_path_buf(), metrics, opened };
         Ok((store, warnings))
     }
 
@@ -68,8 +59,7 @@ impl TokenStore {
     /// failure keeps the current one and logs every error.
     pub fn reload(&self) -> Result<usize, ConfigErrors> {
         let started = Instant::now();
-        let result =
-            read_stable(&self.path).and_then(|text| file::parse(&self.path, &text, &self.states));
+        let result = read_stable(&self.path).and_then(|text| file::parse(&self.path, &text, &self.states));
         match result {
             Ok(loaded) => {
                 let n = loaded.table.len();
@@ -133,10 +123,7 @@ fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
     for _ in 0..5 {
         let before = fingerprint(path);
         match std::fs::read_to_string(path) {
-            Ok(text)
-                if fingerprint(path) == before
-                    && before.is_some_and(|f| f.len == text.len() as u64) =>
-            {
+            Ok(text) if fingerprint(path) == before && before.is_some_and(|f| f.len == text.len() as u64) => {
                 return Ok(text)
             }
             Ok(_) => {}
@@ -221,10 +208,7 @@ pub async fn follow(store: Arc<TokenStore>) {
     }
 }
 
-fn watch_folder(
-    path: &Path,
-    tx: mpsc::UnboundedSender<Trigger>,
-) -> Option<notify::RecommendedWatcher> {
+fn watch_folder(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -80,9 +80,7 @@ impl Actions {
     pub fn allows(&self, action: &[u8]) -> bool {
         match self {
             Actions::Any => true,
-            Actions::Listed(list) => list
-                .iter()
-                .any(|a| a.as_bytes().eq_ignore_ascii_case(action)),
+            Actions::Listed(list) => list.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(action)),
         }
     }
 }
@@ -219,10 +217,7 @@ mod tests {
         assert!(TokenHash::from_hex("abc").is_none());
         assert!(!format!("{h:?}").contains(&h.to_hex()));
         assert_eq!(format!("{:?}", Token(b"secret")), "Token(<redacted>)");
-        assert_eq!(
-            h.to_hex(),
-            "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
-        );
+        assert_eq!(h.to_hex(), "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b");
     }
 
     #[test]

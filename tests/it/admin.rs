@@ -14,10 +14,7 @@ fn health_and_readiness() {
     // The admin endpoints are not on the proxy port.
     assert_eq!(gw.get("/metrics").status, 401);
 
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let gw = Gateway::start(&format!("http://{dead}"), &standard_tokens().render());
     assert_eq!(request(gw.admin, "GET", "/healthz", &[], b"").status, 200);
     assert_eq!(request(gw.admin, "GET", "/readyz", &[], b"").status, 503);
@@ -28,9 +25,7 @@ fn metrics_count_by_decision_reason_and_token() {
     let up = MockUpstream::start();
     let gw = Gateway::start(&up.url(), &standard_tokens().render());
     gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"));
-    gw.get(&format!(
-        "/opi/XMLAPI?APPTOKEN={RO}&ACTION=REMOVETARGETDATA"
-    ));
+    gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=REMOVETARGETDATA"));
     gw.get(&format!("/opi/XMLAPI?APPTOKEN={UNKNOWN}"));
     let m = request(gw.admin, "GET", "/metrics", &[], b"").text();
     for want in [

@@ -22,111 +22,28 @@ fn each_row_of_the_decision_answers_with_its_status_and_code() {
     let (up, gw) = setup();
     let x = "/opi/XMLAPI";
     let cases: Vec<(Response, u16, &str)> = vec![
+        (gw.get(&format!("{x}?ACTION=TARGETDATA")), 401, "TOKEN_MISSING"),
+        (gw.get(&format!("{x}?APPTOKEN={RO}&APPTOKEN={ADMIN}")), 400, "AMBIGUOUS_REQUEST"),
+        (gw.get(&format!("{x}?APPTOKEN={UNKNOWN}&ACTION=TARGETDATA")), 401, "TOKEN_UNKNOWN"),
+        (gw.get(&format!("{x}?APPTOKEN={}&ACTION=TARGETDATA", RO.to_lowercase())), 401, "TOKEN_UNKNOWN"),
+        (gw.get(&format!("{x}?APPTOKEN={INACTIVE}")), 403, "TOKEN_INACTIVE"),
+        (gw.get(&format!("{x}?APPTOKEN={EXPIRED}")), 403, "TOKEN_EXPIRED"),
+        (gw.get(&format!("{x}?APPTOKEN={ELSEWHERE}")), 403, "IP_NOT_ALLOWED"),
+        (gw.get(&format!("{x}?APPTOKEN={RO}&ACTION=REMOVETARGETDATA")), 403, "ACTION_NOT_ALLOWED"),
+        (gw.get(&format!("{x}?APPTOKEN={RO}&%41CTION=REMOVETARGETDATA")), 403, "ACTION_NOT_ALLOWED"),
+        (gw.get(&format!("{x}?APPTOKEN={RO}&action=REMOVETARGETDATA")), 403, "ACTION_NOT_ALLOWED"),
+        (gw.get(&format!("{x}?APPTOKEN={RO}&ACTION=TARGETDATA&ACTION=REMOVETARGETDATA")), 400, "AMBIGUOUS_REQUEST"),
+        (gw.get(&format!("/opi/XMLAPI;x=1?APPTOKEN={RO}&ACTION=REMOVETARGETDATA")), 403, "ACTION_NOT_ALLOWED"),
+        (gw.get(&format!("/opi%2FXMLAPI?APPTOKEN={ADMIN}")), 400, "AMBIGUOUS_REQUEST"),
+        (gw.get(&format!("/opi/rest/outscan/../../admin?APPTOKEN={RO}")), 403, "ROUTE_NOT_ALLOWED"),
+        (gw.send("DELETE", &format!("/opi/rest/outscan/targets/1?APPTOKEN={RO}"), &[], b""), 403, "ROUTE_NOT_ALLOWED"),
+        (gw.post_form(&format!("{x}?APPTOKEN={RO}"), "ACTION=REMOVETARGETDATA"), 403, "ACTION_NOT_ALLOWED"),
         (
-            gw.get(&format!("{x}?ACTION=TARGETDATA")),
-            401,
-            "TOKEN_MISSING",
-        ),
-        (
-            gw.get(&format!("{x}?APPTOKEN={RO}&APPTOKEN={ADMIN}")),
+            gw.post_form(&format!("{x}?APPTOKEN={RO}&ACTION=TARGETDATA"), "ACTION=REMOVETARGETDATA"),
             400,
             "AMBIGUOUS_REQUEST",
         ),
-        (
-            gw.get(&format!("{x}?APPTOKEN={UNKNOWN}&ACTION=TARGETDATA")),
-            401,
-            "TOKEN_UNKNOWN",
-        ),
-        (
-            gw.get(&format!(
-                "{x}?APPTOKEN={}&ACTION=TARGETDATA",
-                RO.to_lowercase()
-            )),
-            401,
-            "TOKEN_UNKNOWN",
-        ),
-        (
-            gw.get(&format!("{x}?APPTOKEN={INACTIVE}")),
-            403,
-            "TOKEN_INACTIVE",
-        ),
-        (
-            gw.get(&format!("{x}?APPTOKEN={EXPIRED}")),
-            403,
-            "TOKEN_EXPIRED",
-        ),
-        (
-            gw.get(&format!("{x}?APPTOKEN={ELSEWHERE}")),
-            403,
-            "IP_NOT_ALLOWED",
-        ),
-        (
-            gw.get(&format!("{x}?APPTOKEN={RO}&ACTION=REMOVETARGETDATA")),
-            403,
-            "ACTION_NOT_ALLOWED",
-        ),
-        (
-            gw.get(&format!("{x}?APPTOKEN={RO}&%41CTION=REMOVETARGETDATA")),
-            403,
-            "ACTION_NOT_ALLOWED",
-        ),
-        (
-            gw.get(&format!("{x}?APPTOKEN={RO}&action=REMOVETARGETDATA")),
-            403,
-            "ACTION_NOT_ALLOWED",
-        ),
-        (
-            gw.get(&format!(
-                "{x}?APPTOKEN={RO}&ACTION=TARGETDATA&ACTION=REMOVETARGETDATA"
-            )),
-            400,
-            "AMBIGUOUS_REQUEST",
-        ),
-        (
-            gw.get(&format!(
-                "/opi/XMLAPI;x=1?APPTOKEN={RO}&ACTION=REMOVETARGETDATA"
-            )),
-            403,
-            "ACTION_NOT_ALLOWED",
-        ),
-        (
-            gw.get(&format!("/opi%2FXMLAPI?APPTOKEN={ADMIN}")),
-            400,
-            "AMBIGUOUS_REQUEST",
-        ),
-        (
-            gw.get(&format!("/opi/rest/outscan/../../admin?APPTOKEN={RO}")),
-            403,
-            "ROUTE_NOT_ALLOWED",
-        ),
-        (
-            gw.send(
-                "DELETE",
-                &format!("/opi/rest/outscan/targets/1?APPTOKEN={RO}"),
-                &[],
-                b"",
-            ),
-            403,
-            "ROUTE_NOT_ALLOWED",
-        ),
-        (
-            gw.post_form(&format!("{x}?APPTOKEN={RO}"), "ACTION=REMOVETARGETDATA"),
-            403,
-            "ACTION_NOT_ALLOWED",
-        ),
-        (
-            gw.post_form(
-                &format!("{x}?APPTOKEN={RO}&ACTION=TARGETDATA"),
-                "ACTION=REMOVETARGETDATA",
-            ),
-            400,
-            "AMBIGUOUS_REQUEST",
-        ),
-        (
-            gw.post_form(x, &format!("APPTOKEN={RO}&APPTOKEN={ADMIN}")),
-            400,
-            "AMBIGUOUS_REQUEST",
-        ),
+        (gw.post_form(x, &format!("APPTOKEN={RO}&APPTOKEN={ADMIN}")), 400, "AMBIGUOUS_REQUEST"),
         (
             gw.send(
                 "POST",
@@ -139,12 +56,7 @@ fn each_row_of_the_decision_answers_with_its_status_and_code() {
         ),
     ];
     for (i, (r, status, code)) in cases.iter().enumerate() {
-        assert_eq!(
-            (r.status, r.errorcode().as_deref()),
-            (*status, Some(*code)),
-            "case {i}: {}",
-            r.text()
-        );
+        assert_eq!((r.status, r.errorcode().as_deref()), (*status, Some(*code)), "case {i}: {}", r.text());
     }
     assert_eq!(up.count(), 0, "a refused request reached the upstream");
 }
@@ -152,9 +64,8 @@ fn each_row_of_the_decision_answers_with_its_status_and_code() {
 #[test]
 fn body_over_the_inspection_limit_gets_413_and_never_reaches_upstream() {
     let up = MockUpstream::start();
-    let gw = Gateway::builder(&up.url(), &standard_tokens().render())
-        .extra("[limits]\ninspect_body_bytes = 1024")
-        .start();
+    let gw =
+        Gateway::builder(&up.url(), &standard_tokens().render()).extra("[limits]\ninspect_body_bytes = 1024").start();
     let big = format!("PAD={}&ACTION=REMOVETARGETDATA", "a".repeat(4096));
     let r = gw.post_form(&format!("/opi/XMLAPI?APPTOKEN={RO}"), &big);
     refused(&up, &r, 413, "BODY_TOO_LARGE");
@@ -163,10 +74,7 @@ fn body_over_the_inspection_limit_gets_413_and_never_reaches_upstream() {
     let r = gw.send(
         "POST",
         &format!("/opi/XMLAPI?APPTOKEN={RO}"),
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Transfer-Encoding", "chunked"),
-        ],
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Transfer-Encoding", "chunked")],
         chunked.as_bytes(),
     );
     refused(&up, &r, 413, "BODY_TOO_LARGE");
@@ -180,22 +88,12 @@ fn allowed_requests_reach_the_upstream() {
         gw.get(&format!("{x}?APPTOKEN={RO}&ACTION=TARGETDATA")),
         gw.get(&format!("{x}?APPTOKEN={RO}")),
         gw.get(&format!("{x}?apptoken={RO}&action=targetdata")),
-        gw.get(&format!(
-            "{x}?APPTOKEN={RO}&APPTOKEN={RO}&ACTION=SCANNERDATA"
-        )),
-        gw.post_form(
-            &format!("{x}?APPTOKEN={RO}"),
-            "ACTION=TARGETDATA&LIMIT=100&OFFSET=0",
-        ),
+        gw.get(&format!("{x}?APPTOKEN={RO}&APPTOKEN={RO}&ACTION=SCANNERDATA")),
+        gw.post_form(&format!("{x}?APPTOKEN={RO}"), "ACTION=TARGETDATA&LIMIT=100&OFFSET=0"),
         gw.post_form(x, &format!("APPTOKEN={RO}&ACTION=TARGETDATA")),
         gw.get(&format!("/opi/rest/outscan/targets?APPTOKEN={RO}")),
         gw.get(&format!("{x}?APPTOKEN={ADMIN}&ACTION=UPDATESUBACCOUNTDATA")),
-        gw.send(
-            "DELETE",
-            &format!("/opi/rest/anything?APPTOKEN={ADMIN}"),
-            &[],
-            b"",
-        ),
+        gw.send("DELETE", &format!("/opi/rest/anything?APPTOKEN={ADMIN}"), &[], b""),
     ];
     for (i, r) in ok.iter().enumerate() {
         assert_eq!(r.status, 200, "case {i}: {}", r.text());
@@ -215,23 +113,10 @@ fn python_client_style_post_passes_or_gets_action_not_allowed() {
         ("Accept", "*/*"),
     ];
     let target = format!("/opi/XMLAPI?APPTOKEN={RO}");
-    let r = gw.send(
-        "POST",
-        &target,
-        &headers,
-        b"ACTION=TARGETDATA&LIMIT=1000&OFFSET=0&JSON=1",
-    );
+    let r = gw.send("POST", &target, &headers, b"ACTION=TARGETDATA&LIMIT=1000&OFFSET=0&JSON=1");
     assert_eq!(r.status, 200);
-    assert_eq!(
-        up.last().body,
-        b"ACTION=TARGETDATA&LIMIT=1000&OFFSET=0&JSON=1"
-    );
-    let r = gw.send(
-        "POST",
-        &target,
-        &headers,
-        b"ACTION=UPDATETARGETDATA&XMLDATA=%3Cx%2F%3E",
-    );
+    assert_eq!(up.last().body, b"ACTION=TARGETDATA&LIMIT=1000&OFFSET=0&JSON=1");
+    let r = gw.send("POST", &target, &headers, b"ACTION=UPDATETARGETDATA&XMLDATA=%3Cx%2F%3E");
     assert_eq!(r.status, 403);
     assert_eq!(r.errorcode().as_deref(), Some("ACTION_NOT_ALLOWED"));
     assert_eq!(up.count(), 1);
@@ -240,9 +125,7 @@ fn python_client_style_post_passes_or_gets_action_not_allowed() {
 #[test]
 fn denials_are_json_with_json_1_and_echo_nothing() {
     let (_up, gw) = setup();
-    let r = gw.get(&format!(
-        "/opi/XMLAPI?APPTOKEN={UNKNOWN}&ACTION=%3Cscript%3E&JSON=1"
-    ));
+    let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={UNKNOWN}&ACTION=%3Cscript%3E&JSON=1"));
     assert_eq!(r.status, 401);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["success"], false);
@@ -269,54 +152,22 @@ fn forwarded_for_from_a_trusted_proxy_decides_the_client() {
     // The restriction allows 192.0.2.0/24: only the rightmost untrusted hop counts.
     let r = gw.send("GET", &t, &[("X-Forwarded-For", "192.0.2.9")], b"");
     assert_eq!(r.status, 200);
-    assert_eq!(
-        up.last().header("x-forwarded-for"),
-        Some("192.0.2.9, 127.0.0.1")
-    );
-    let r = gw.send(
-        "GET",
-        &t,
-        &[("X-Forwarded-For", "192.0.2.9, 198.51.100.1")],
-        b"",
-    );
+    assert_eq!(up.last().header("x-forwarded-for"), Some("192.0.2.9, 127.0.0.1"));
+    let r = gw.send("GET", &t, &[("X-Forwarded-For", "192.0.2.9, 198.51.100.1")], b"");
     assert_eq!(r.status, 403);
     let r = gw.send("GET", &t, &[("X-Forwarded-For", "::ffff:192.0.2.9")], b"");
     assert_eq!(r.status, 200);
-    let r = gw.send(
-        "GET",
-        &t,
-        &[("X-Forwarded-For", "192.0.2.9, not-an-ip")],
-        b"",
-    );
-    assert_eq!(
-        (r.status, r.errorcode().as_deref()),
-        (403, Some("IP_NOT_ALLOWED"))
-    );
+    let r = gw.send("GET", &t, &[("X-Forwarded-For", "192.0.2.9, not-an-ip")], b"");
+    assert_eq!((r.status, r.errorcode().as_deref()), (403, Some("IP_NOT_ALLOWED")));
     assert_eq!(up.count(), 2);
 }
 
 #[test]
 fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let (up, gw) = setup();
-    let r = gw.send(
-        "GET",
-        &format!("/opi/XMLAPI?APPTOKEN={ELSEWHERE}"),
-        &[("X-Forwarded-For", "192.0.2.9")],
-        b"",
-    );
-    assert_eq!(
-        (r.status, r.errorcode().as_deref()),
-        (403, Some("IP_NOT_ALLOWED"))
-    );
-    let r = gw.send(
-        "GET",
-        &format!("/opi/XMLAPI?APPTOKEN={RO}"),
-        &[("X-Forwarded-For", "192.0.2.9")],
-        b"",
-    );
+    let r = gw.send("GET", &format!("/opi/XMLAPI?APPTOKEN={ELSEWHERE}"), &[("X-Forwarded-For", "192.0.2.9")], b"");
+    assert_eq!((r.status, r.errorcode().as_deref()), (403, Some("IP_NOT_ALLOWED")));
+    let r = gw.send("GET", &format!("/opi/XMLAPI?APPTOKEN={RO}"), &[("X-Forwarded-For", "192.0.2.9")], b"");
     assert_eq!(r.status, 200);
-    assert_eq!(
-        up.last().headers_named("x-forwarded-for"),
-        vec!["127.0.0.1"]
-    );
+    assert_eq!(up.last().headers_named("x-forwarded-for"), vec!["127.0.0.1"]);
 }

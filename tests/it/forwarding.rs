@@ -20,9 +20,7 @@ fn apptokens(r: &Recorded) -> Vec<String> {
                 Some(i) => (&piece[..i], &piece[i + 1..]),
                 None => (piece, &b""[..]),
             };
-            let name = String::from_utf8_lossy(name)
-                .replace("%41", "A")
-                .replace("%61", "a");
+            let name = String::from_utf8_lossy(name).replace("%41", "A").replace("%61", "a");
             if name.eq_ignore_ascii_case("apptoken") {
                 out.push(String::from_utf8_lossy(value).into_owned());
             }
@@ -38,10 +36,7 @@ fn the_callers_token_is_replaced_by_the_upstream_credential_everywhere() {
         gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA")),
         gw.get(&format!("/opi/XMLAPI?ACTION=TARGETDATA&apptoken={RO}")),
         gw.get(&format!("/opi/XMLAPI?%41PPTOKEN={RO}&APPTOKEN={RO}")),
-        gw.post_form(
-            &format!("/opi/XMLAPI?APPTOKEN={RO}"),
-            &format!("ACTION=TARGETDATA&APPTOKEN={RO}"),
-        ),
+        gw.post_form(&format!("/opi/XMLAPI?APPTOKEN={RO}"), &format!("ACTION=TARGETDATA&APPTOKEN={RO}")),
         gw.post_form("/opi/XMLAPI", &format!("apptoken={RO}&ACTION=TARGETDATA")),
         gw.get(&format!("/opi/rest/outscan/targets?APPTOKEN={RO}")),
     ];
@@ -53,10 +48,7 @@ fn the_callers_token_is_replaced_by_the_upstream_credential_everywhere() {
     for r in &seen {
         assert_eq!(apptokens(r), vec![UPSTREAM_TOKEN.to_string()], "{r:?}");
         let raw = format!("{r:?}");
-        assert!(
-            !raw.contains(RO),
-            "the caller's token reached the upstream: {raw}"
-        );
+        assert!(!raw.contains(RO), "the caller's token reached the upstream: {raw}");
     }
 }
 
@@ -68,18 +60,12 @@ fn every_other_byte_of_query_and_body_is_kept() {
     assert_eq!(r.status, 200);
     assert_eq!(up.last().query(), format!("APPTOKEN={UPSTREAM_TOKEN}&{q}"));
     let body = "ACTION=TARGETDATA&XMLDATA=%3CTARGET%3E1.2.3.4%3C%2FTARGET%3E&&Z=%zz&LIMIT=1";
-    let r = gw.post_form(
-        &format!("/opi/XMLAPI?APPTOKEN={RO}"),
-        &format!("{body}&APPTOKEN={RO}"),
-    );
+    let r = gw.post_form(&format!("/opi/XMLAPI?APPTOKEN={RO}"), &format!("{body}&APPTOKEN={RO}"));
     assert_eq!(r.status, 200);
     let last = up.last();
     assert_eq!(String::from_utf8_lossy(&last.body), body);
     // The framing is rebuilt for the new body.
-    assert_eq!(
-        last.header("content-length"),
-        Some(body.len().to_string().as_str())
-    );
+    assert_eq!(last.header("content-length"), Some(body.len().to_string().as_str()));
     assert_eq!(last.header("transfer-encoding"), None);
     assert_eq!(last.query(), format!("APPTOKEN={UPSTREAM_TOKEN}"));
 }
@@ -87,27 +73,15 @@ fn every_other_byte_of_query_and_body_is_kept() {
 #[test]
 fn without_an_upstream_credential_no_apptoken_goes_upstream() {
     let up = MockUpstream::start();
-    let gw = Gateway::builder(&up.url(), &standard_tokens().render())
-        .no_upstream_token()
-        .start();
-    assert_eq!(
-        gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"))
-            .status,
-        200
-    );
+    let gw = Gateway::builder(&up.url(), &standard_tokens().render()).no_upstream_token().start();
+    assert_eq!(gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA")).status, 200);
     assert_eq!(up.last().target, "/opi/XMLAPI?ACTION=TARGETDATA");
 }
 
 #[test]
 fn a_non_canonical_path_is_forwarded_as_it_was_matched() {
     let (up, gw) = setup();
-    for raw in [
-        "/opi/./XMLAPI",
-        "/opi//XMLAPI",
-        "/opi/x/../XMLAPI",
-        "/opi/%58MLAPI",
-        "/opi/XMLAPI;jsessionid=1",
-    ] {
+    for raw in ["/opi/./XMLAPI", "/opi//XMLAPI", "/opi/x/../XMLAPI", "/opi/%58MLAPI", "/opi/XMLAPI;jsessionid=1"] {
         let r = gw.get(&format!("{raw}?APPTOKEN={RO}&ACTION=TARGETDATA"));
         assert_eq!(r.status, 200, "{raw}");
         assert_eq!(up.last().path(), "/opi/XMLAPI", "{raw}");
@@ -134,13 +108,7 @@ fn hop_by_hop_headers_are_dropped_and_forwarding_headers_set() {
     );
     assert_eq!(r.status, 200);
     let last = up.last();
-    for h in [
-        "x-drop-me",
-        "keep-alive",
-        "proxy-authorization",
-        "te",
-        "upgrade",
-    ] {
+    for h in ["x-drop-me", "keep-alive", "proxy-authorization", "te", "upgrade"] {
         assert_eq!(last.header(h), None, "{h} reached the upstream");
     }
     assert_eq!(last.header("x-keep-me"), Some("yes"));
@@ -166,7 +134,8 @@ fn large_answers_and_uploads_stream_through_without_sitting_in_memory() {
     // Read the download with a streaming reader: count bytes, keep none.
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-    write!(s, "GET /opi/XMLAPI?APPTOKEN={RO}&ACTION=REPORTTARGETDATA HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET /opi/XMLAPI?APPTOKEN={RO}&ACTION=REPORTTARGETDATA HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -178,10 +147,7 @@ fn large_answers_and_uploads_stream_through_without_sitting_in_memory() {
     }
     assert!(total > SIZE, "got {total} bytes");
     let peak = peak_rss_kib(gw.pid());
-    assert!(
-        peak < 64 * 1024,
-        "peak RSS {peak} KiB: the answer was buffered"
-    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB: the answer was buffered");
 
     // An opaque upload streams too (admin may PUT anything).
     up.set_reply(Reply::Ok);
@@ -201,35 +167,22 @@ fn large_answers_and_uploads_stream_through_without_sitting_in_memory() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(up.last().body.len(), UP);
     let peak = peak_rss_kib(gw.pid());
-    assert!(
-        peak < 64 * 1024,
-        "peak RSS {peak} KiB: the upload was buffered"
-    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB: the upload was buffered");
 }
 
 #[test]
 fn upstream_down_is_502_and_slow_is_504() {
     // A port with nothing listening: bind, note, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let gw = Gateway::start(&format!("http://{dead}"), &standard_tokens().render());
     let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"));
-    assert_eq!(
-        (r.status, r.errorcode().as_deref()),
-        (502, Some("UPSTREAM_UNREACHABLE"))
-    );
+    assert_eq!((r.status, r.errorcode().as_deref()), (502, Some("UPSTREAM_UNREACHABLE")));
     // Refusals still answer without the upstream.
     assert_eq!(gw.get("/opi/XMLAPI").status, 401);
 
     let up = MockUpstream::start_with(Reply::Delay(Duration::from_secs(3)));
-    let gw = Gateway::builder(&up.url(), &standard_tokens().render())
-        .upstream_timeout("500ms")
-        .start();
-    let r = gw.get(&format!(
-        "/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA&JSON=1"
-    ));
+    let gw = Gateway::builder(&up.url(), &standard_tokens().render()).upstream_timeout("500ms").start();
+    let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA&JSON=1"));
     assert_eq!(r.status, 504);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["data"]["errorCode"], "UPSTREAM_TIMEOUT");
@@ -237,10 +190,7 @@ fn upstream_down_is_502_and_slow_is_504() {
 
 #[test]
 fn upstream_status_and_body_come_back_unchanged() {
-    let up = MockUpstream::start_with(Reply::Status(
-        500,
-        "<RESPONSE><SUCCESS>false</SUCCESS></RESPONSE>",
-    ));
+    let up = MockUpstream::start_with(Reply::Status(500, "<RESPONSE><SUCCESS>false</SUCCESS></RESPONSE>"));
     let gw = Gateway::start(&up.url(), &standard_tokens().render());
     let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"));
     assert_eq!(r.status, 500);
@@ -254,16 +204,11 @@ fn tokens_never_appear_in_logs() {
     gw.get(&format!("/opi/XMLAPI?APPTOKEN={UNKNOWN}&ACTION=TARGETDATA"));
     gw.post_form("/opi/XMLAPI", &format!("APPTOKEN={ADMIN}&ACTION=X"));
     gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&APPTOKEN={ADMIN}"));
-    gw.wait_log("the fourth access line", |l| {
-        l.contains("AMBIGUOUS_REQUEST")
-    });
+    gw.wait_log("the fourth access line", |l| l.contains("AMBIGUOUS_REQUEST"));
     let log = gw.log().join("\n");
     for secret in [RO, ADMIN, UNKNOWN, UPSTREAM_TOKEN] {
         assert!(!log.contains(secret), "a token is in the log:\n{log}");
-        assert!(
-            !log.contains(&sha256_hex(secret)),
-            "a digest is in the log:\n{log}"
-        );
+        assert!(!log.contains(&sha256_hex(secret)), "a digest is in the log:\n{log}");
     }
     assert!(log.contains("token=reader"), "{log}");
 }
@@ -271,9 +216,7 @@ fn tokens_never_appear_in_logs() {
 #[test]
 fn access_log_has_one_line_per_request_with_its_fields() {
     let (_up, gw) = setup();
-    gw.get(&format!(
-        "/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA&SECRET=hide"
-    ));
+    gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA&SECRET=hide"));
     let line = gw.wait_log("access line", |l| l.contains("tokengate::access"));
     for field in [
         "client=127.0.0.1",
@@ -289,8 +232,5 @@ fn access_log_has_one_line_per_request_with_its_fields() {
     ] {
         assert!(line.contains(field), "{field} missing in {line}");
     }
-    assert!(
-        !line.contains("SECRET") && !line.contains("hide"),
-        "the query was logged: {line}"
-    );
+    assert!(!line.contains("SECRET") && !line.contains("hide"), "the query was logged: {line}");
 }

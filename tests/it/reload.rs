@@ -17,17 +17,8 @@ const Z: &str = "333333333333333333333333333333333333333333333333333333333333333
 fn version(a_active: bool) -> String {
     let a = TokenSpec::new("a", A, "admin");
     let b = TokenSpec::new("b", B, "admin");
-    let (a, b) = if a_active {
-        (a, b.inactive())
-    } else {
-        (a.inactive(), b)
-    };
-    TokenFile::new()
-        .right("admin", &["*"], &["* /*"])
-        .token(a)
-        .token(b)
-        .token(TokenSpec::new("z", Z, "admin"))
-        .render()
+    let (a, b) = if a_active { (a, b.inactive()) } else { (a.inactive(), b) };
+    TokenFile::new().right("admin", &["*"], &["* /*"]).token(a).token(b).token(TokenSpec::new("z", Z, "admin")).render()
 }
 
 fn status(gw: &Gateway, token: &str) -> u16 {
@@ -68,10 +59,7 @@ fn an_edit_takes_effect_within_a_second() {
     assert_eq!(status(&gw, B), 403);
     let t = Instant::now();
     rename_save(&gw.path("tokens.toml"), &version(false));
-    assert!(
-        wait_status(&gw, B, 200, Duration::from_secs(1)),
-        "not applied within a second"
-    );
+    assert!(wait_status(&gw, B, 200, Duration::from_secs(1)), "not applied within a second");
     eprintln!("applied after {:?}", t.elapsed());
     assert_eq!(status(&gw, A), 403);
 }
@@ -86,24 +74,16 @@ fn an_invalid_file_keeps_the_old_table_and_a_later_valid_one_applies() {
     );
     assert_ne!(broken, version(false));
     rename_save(&path, &broken);
-    let line = gw.wait_log("the reload error", |l| {
-        l.contains("unknown field `ip_restrictions`")
-    });
+    let line = gw.wait_log("the reload error", |l| l.contains("unknown field `ip_restrictions`"));
     assert!(line.contains("tokens.toml:9:1:"), "{line}");
-    assert_eq!(
-        metric(&gw, "tokengate_reloads_total{outcome=\"failure\"}"),
-        1
-    );
+    assert_eq!(metric(&gw, "tokengate_reloads_total{outcome=\"failure\"}"), 1);
     // The last good table still serves.
     assert_eq!(status(&gw, A), 200);
     assert_eq!(status(&gw, B), 403);
     rename_save(&path, &version(false));
     assert!(wait_status(&gw, B, 200, Duration::from_secs(5)));
     assert_eq!(status(&gw, A), 403);
-    assert_eq!(
-        metric(&gw, "tokengate_reloads_total{outcome=\"success\"}"),
-        2
-    );
+    assert_eq!(metric(&gw, "tokengate_reloads_total{outcome=\"success\"}"), 2);
 }
 
 #[test]
@@ -124,19 +104,11 @@ fn a_file_cut_short_is_not_applied() {
 fn in_place_truncate_then_write_is_seen() {
     let (_up, gw) = start(&version(true));
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(gw.path("tokens.toml"))
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(gw.path("tokens.toml")).unwrap();
     f.flush().unwrap();
     f.write_all(version(false).as_bytes()).unwrap();
     drop(f);
-    assert!(
-        wait_status(&gw, B, 200, Duration::from_secs(5)),
-        "{}",
-        gw.log().join("\n")
-    );
+    assert!(wait_status(&gw, B, 200, Duration::from_secs(5)), "{}", gw.log().join("\n"));
 }
 
 #[test]
@@ -162,9 +134,7 @@ fn a_kubernetes_style_symlink_swap_is_seen() {
     std::fs::write(d.join("..v1/tokens.toml"), version(true)).unwrap();
     std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/tokens.toml", d.join("tokens.toml")).unwrap();
-    let gw = Gateway::builder(&up.url(), "")
-        .tokens_path(&d.join("tokens.toml"))
-        .start();
+    let gw = Gateway::builder(&up.url(), "").tokens_path(&d.join("tokens.toml")).start();
     assert_eq!(status(&gw, A), 200);
     std::fs::create_dir(d.join("..v2")).unwrap();
     std::fs::write(d.join("..v2/tokens.toml"), version(false)).unwrap();
@@ -180,10 +150,7 @@ fn sighup_reloads_at_once() {
     let (_up, gw) = start(&version(true));
     let before = metric(&gw, "tokengate_reloads_total{outcome=\"success\"}");
     assert_eq!(before, 1);
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .unwrap();
+    let ok = std::process::Command::new("kill").args(["-HUP", &gw.pid().to_string()]).status().unwrap();
     assert!(ok.success());
     // Nothing changed on disk: only the signal can cause this reload.
     let reloaded = poll(Duration::from_secs(5), || {
@@ -205,8 +172,7 @@ fn flipping_versions_under_load_never_mixes_or_fails() {
             let mut seen = Vec::new();
             // Bounded in count and time.
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !done.load(Ordering::Relaxed) && seen.len() < 20_000 && Instant::now() < deadline
-            {
+            while !done.load(Ordering::Relaxed) && seen.len() < 20_000 && Instant::now() < deadline {
                 let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={token}"));
                 seen.push((r.status, r.errorcode()));
             }
@@ -219,8 +185,7 @@ fn flipping_versions_under_load_never_mixes_or_fails() {
         std::thread::sleep(Duration::from_millis(15));
     }
     done.store(true, Ordering::Relaxed);
-    let results: Vec<Vec<(u16, Option<String>)>> =
-        loops.into_iter().map(|h| h.join().unwrap()).collect();
+    let results: Vec<Vec<(u16, Option<String>)>> = loops.into_iter().map(|h| h.join().unwrap()).collect();
     for (token, seen) in ["a", "b"].iter().zip(&results[..2]) {
         for (s, code) in seen {
             assert!(
@@ -229,10 +194,7 @@ fn flipping_versions_under_load_never_mixes_or_fails() {
             );
         }
     }
-    assert!(
-        results[2].iter().all(|(s, _)| *s == 200),
-        "a valid request failed during reloads"
-    );
+    assert!(results[2].iter().all(|(s, _)| *s == 200), "a valid request failed during reloads");
     let total: usize = results.iter().map(Vec::len).sum();
     eprintln!("{total} requests during 100 rewrites");
     assert!(total > 100);

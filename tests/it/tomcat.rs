@@ -48,19 +48,10 @@ const INSTALL_HINT: &str =
      (or set TOMCAT_JARS to the folder holding tomcat10-*.jar)";
 
 fn jars() -> Vec<PathBuf> {
-    let dir = std::env::var_os("TOMCAT_JARS")
-        .map_or_else(|| PathBuf::from("/usr/share/java"), PathBuf::from);
+    let dir = std::env::var_os("TOMCAT_JARS").map_or_else(|| PathBuf::from("/usr/share/java"), PathBuf::from);
     let jars: Vec<PathBuf> = JARS.iter().map(|j| dir.join(j)).collect();
-    let missing: Vec<String> = jars
-        .iter()
-        .filter(|j| !j.is_file())
-        .map(|j| j.display().to_string())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{INSTALL_HINT}; missing: {}",
-        missing.join(", ")
-    );
+    let missing: Vec<String> = jars.iter().filter(|j| !j.is_file()).map(|j| j.display().to_string()).collect();
+    assert!(missing.is_empty(), "{INSTALL_HINT}; missing: {}", missing.join(", "));
     jars
 }
 
@@ -81,12 +72,7 @@ fn compiled() -> &'static Path {
         for j in &jars {
             h.update(j.to_string_lossy().as_bytes());
         }
-        let hash: String = h
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
         let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
         std::fs::create_dir_all(base).unwrap();
         let out = base.join(format!("tomcat-echo-{hash}"));
@@ -95,10 +81,7 @@ fn compiled() -> &'static Path {
         }
         // Compile into a fresh folder and rename it into place, so that two
         // test processes never see a half-written class folder.
-        let tmp = tempfile::Builder::new()
-            .prefix("tomcat-echo-build")
-            .tempdir_in(base)
-            .unwrap();
+        let tmp = tempfile::Builder::new().prefix("tomcat-echo-build").tempdir_in(base).unwrap();
         let result = Command::new("javac")
             .arg("-nowarn")
             .arg("-encoding")
@@ -121,22 +104,14 @@ fn compiled() -> &'static Path {
         if std::fs::rename(&tmp, &out).is_err() {
             // Another process won the race; its folder is as good as ours.
             let _ = std::fs::remove_dir_all(&tmp);
-            assert!(
-                out.join("EchoServer.class").is_file(),
-                "could not put classes at {}",
-                out.display()
-            );
+            assert!(out.join("EchoServer.class").is_file(), "could not put classes at {}", out.display());
         }
         out
     })
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":")
+    paths.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
 }
 
 /// A running Tomcat EchoServer on 127.0.0.1; the JVM is killed on drop.
@@ -155,12 +130,7 @@ impl TomcatUpstream {
         let mut cp = jars();
         cp.push(classes.to_path_buf());
         let mut child = Command::new("java")
-            .args([
-                "-XX:+UseSerialGC",
-                "-Xmx256m",
-                "-Djava.awt.headless=true",
-                "-cp",
-            ])
+            .args(["-XX:+UseSerialGC", "-Xmx256m", "-Djava.awt.headless=true", "-cp"])
             .arg(join_paths(&cp))
             .arg("EchoServer")
             .stdin(Stdio::piped())
@@ -170,10 +140,9 @@ impl TomcatUpstream {
             .unwrap_or_else(|e| panic!("cannot run java ({e}): {INSTALL_HINT}"));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
+        for stream in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
             let (log, tx) = (log.clone(), tx.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
@@ -204,12 +173,7 @@ impl TomcatUpstream {
             }
         };
         let stdin = child.stdin.take();
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            child,
-            stdin,
-            log,
-        }
+        Self { addr: SocketAddr::from(([127, 0, 0, 1], port)), child, stdin, log }
     }
 
     pub fn url(&self) -> String {
@@ -244,10 +208,7 @@ struct Answer {
 
 impl Answer {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -256,8 +217,7 @@ impl Answer {
 /// server sent until it closed.
 fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let s = TcpStream::connect(addr).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let mut w = s.try_clone().unwrap();
     let data = bytes.to_vec();
     let writer = std::thread::spawn(move || {
@@ -274,17 +234,10 @@ fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
                 buf.extend_from_slice(&chunk[..n]);
                 last = Instant::now();
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 // A connection left open (an upgrade, a smuggling attempt
                 // whose framing kept it alive): done once it goes quiet.
-                if (!buf.is_empty() && last.elapsed() > IDLE)
-                    || start.elapsed() > Duration::from_secs(30)
-                {
+                if (!buf.is_empty() && last.elapsed() > IDLE) || start.elapsed() > Duration::from_secs(30) {
                     break;
                 }
             }
@@ -308,11 +261,7 @@ fn parse_answers(mut b: &[u8], head_first: bool) -> Vec<Answer> {
             break;
         };
         let mut lines = head.split("\r\n");
-        let Some(status) = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-        else {
+        let Some(status) = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse::<u16>().ok()) else {
             break;
         };
         let headers: Vec<(String, String)> = lines
@@ -320,16 +269,8 @@ fn parse_answers(mut b: &[u8], head_first: bool) -> Vec<Answer> {
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
         b = &b[end + 4..];
-        let get = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
-        };
-        let no_body = (100..200).contains(&status)
-            || status == 204
-            || status == 304
-            || (head_first && first_final);
+        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let no_body = (100..200).contains(&status) || status == 204 || status == 304 || (head_first && first_final);
         let body = if no_body {
             Vec::new()
         } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -351,11 +292,7 @@ fn parse_answers(mut b: &[u8], head_first: bool) -> Vec<Answer> {
         if status >= 200 {
             first_final = false;
         }
-        out.push(Answer {
-            status,
-            headers,
-            body,
-        });
+        out.push(Answer { status, headers, body });
     }
     out
 }
@@ -398,12 +335,7 @@ fn count(hay: &[u8], needle: &[u8]) -> usize {
 const MARK: &[u8] = b"{\"echo\":\"tomcat\"";
 
 /// The read-only right of `harness::standard_tokens`.
-const READ_ONLY: &[&str] = &[
-    "TARGETDATA",
-    "TARGETGROUPDATA",
-    "SCANNERDATA",
-    "REPORTTARGETDATA",
-];
+const READ_ONLY: &[&str] = &["TARGETDATA", "TARGETGROUPDATA", "SCANNERDATA", "REPORTTARGETDATA"];
 
 /// What Tomcat reported for one request that reached it.
 #[derive(Debug, Clone)]
@@ -424,17 +356,12 @@ impl Echo {
         let v: Value = serde_json::from_slice(line).ok()?;
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let list = |x: &Value| -> Option<Vec<String>> {
-            x.as_array().map(|a| {
-                a.iter()
-                    .map(|e| e.as_str().unwrap_or("").to_string())
-                    .collect()
-            })
+            x.as_array().map(|a| a.iter().map(|e| e.as_str().unwrap_or("").to_string()).collect())
         };
-        let params = v.get("parameters").and_then(Value::as_object).map(|m| {
-            m.iter()
-                .map(|(k, x)| (k.clone(), list(x).unwrap_or_default()))
-                .collect::<BTreeMap<_, _>>()
-        });
+        let params = v
+            .get("parameters")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, x)| (k.clone(), list(x).unwrap_or_default())).collect::<BTreeMap<_, _>>());
         Some(Echo {
             servlet: s("servlet")?,
             method: s("method").unwrap_or_default(),
@@ -449,10 +376,7 @@ impl Echo {
     /// From the X-Echo-* headers of an answer without a body (HEAD).
     fn from_headers(a: &Answer) -> Option<Echo> {
         let servlet = a.header("X-Echo-Servlet")?.to_string();
-        let json = |n: &str| {
-            a.header(n)
-                .and_then(|h| serde_json::from_str::<Value>(h).ok())
-        };
+        let json = |n: &str| a.header(n).and_then(|h| serde_json::from_str::<Value>(h).ok());
         let action = match json("X-Echo-Action") {
             Some(Value::String(s)) => Some(s),
             Some(Value::Null) => None,
@@ -460,20 +384,14 @@ impl Echo {
             _ => Some("(unreadable X-Echo-Action)".into()),
         };
         let apptokens = match json("X-Echo-Apptoken") {
-            Some(Value::Array(a)) => Some(
-                a.iter()
-                    .map(|e| e.as_str().unwrap_or("").to_string())
-                    .collect(),
-            ),
+            Some(Value::Array(a)) => Some(a.iter().map(|e| e.as_str().unwrap_or("").to_string()).collect()),
             Some(Value::Null) => None,
             _ => Some(vec!["(unreadable X-Echo-Apptoken)".into()]),
         };
         Some(Echo {
             servlet,
             method: String::new(),
-            path: json("X-Echo-Path")
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            path: json("X-Echo-Path").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
             action,
             apptokens,
             params: None,
@@ -508,9 +426,7 @@ fn violations(e: &Echo) -> Vec<String> {
     if let Some(ts) = &e.apptokens {
         for t in ts {
             if t != harness::UPSTREAM_TOKEN {
-                v.push(format!(
-                    "TOKEN LEAK: Tomcat's getParameterValues(\"APPTOKEN\") holds {t:?}"
-                ));
+                v.push(format!("TOKEN LEAK: Tomcat's getParameterValues(\"APPTOKEN\") holds {t:?}"));
             }
         }
     }
@@ -529,9 +445,7 @@ fn violations(e: &Echo) -> Vec<String> {
                 v.push(format!("STRICT (§6: every APPTOKEN removed): parameter {name:?} = {values:?} reached Tomcat"));
             }
             if values.iter().any(|x| x.contains(harness::RO)) {
-                v.push(format!(
-                    "TOKEN LEAK: the caller's token reached Tomcat in parameter {name:?}"
-                ));
+                v.push(format!("TOKEN LEAK: the caller's token reached Tomcat in parameter {name:?}"));
             }
         }
     }
@@ -555,21 +469,13 @@ struct Req {
 
 impl Req {
     fn new(method: &str, target: &str) -> Self {
-        Req {
-            method: method.into(),
-            target: target.into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            chunked: None,
-        }
+        Req { method: method.into(), target: target.into(), headers: Vec::new(), body: Vec::new(), chunked: None }
     }
     fn get(target: &str) -> Self {
         Self::new("GET", target)
     }
     fn post(target: &str, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
-        Self::new("POST", target)
-            .header("Content-Type", content_type)
-            .body(body)
+        Self::new("POST", target).header("Content-Type", content_type).body(body)
     }
     fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.into(), v.into()));
@@ -586,11 +492,7 @@ impl Req {
 
     /// The request on the wire; `close` adds `Connection: close`.
     fn bytes(&self, close: bool) -> Vec<u8> {
-        let mut out = format!(
-            "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-            self.method, self.target
-        )
-        .into_bytes();
+        let mut out = format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n", self.method, self.target).into_bytes();
         for (k, v) in &self.headers {
             out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
@@ -609,9 +511,7 @@ impl Req {
             }
             None => {
                 if !self.body.is_empty() || self.method == "POST" {
-                    out.extend_from_slice(
-                        format!("Content-Length: {}\r\n", self.body.len()).as_bytes(),
-                    );
+                    out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
                 }
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&self.body);
@@ -630,11 +530,7 @@ struct Case {
 
 impl Case {
     fn one(name: impl Into<String>, r: &Req) -> Case {
-        Case {
-            name: name.into(),
-            raw: r.bytes(true),
-            head: r.method == "HEAD",
-        }
+        Case { name: name.into(), raw: r.bytes(true), head: r.method == "HEAD" }
     }
     /// Several requests on one kept-alive connection; the last one closes it.
     fn pipelined(name: impl Into<String>, reqs: &[Req]) -> Case {
@@ -642,18 +538,10 @@ impl Case {
         for (i, r) in reqs.iter().enumerate() {
             raw.extend_from_slice(&r.bytes(i + 1 == reqs.len()));
         }
-        Case {
-            name: name.into(),
-            raw,
-            head: false,
-        }
+        Case { name: name.into(), raw, head: false }
     }
     fn raw(name: impl Into<String>, raw: &[u8]) -> Case {
-        Case {
-            name: name.into(),
-            raw: raw.to_vec(),
-            head: false,
-        }
+        Case { name: name.into(), raw: raw.to_vec(), head: false }
     }
 }
 
@@ -704,10 +592,7 @@ fn ebcdic(c: u8) -> u8 {
 }
 
 fn pct(bytes: &[u8]) -> Vec<u8> {
-    bytes
-        .iter()
-        .flat_map(|b| format!("%{b:02X}").into_bytes())
-        .collect()
+    bytes.iter().flat_map(|b| format!("%{b:02X}").into_bytes()).collect()
 }
 
 fn encode_piece(enc: Enc, s: &str) -> Vec<u8> {
@@ -768,11 +653,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -890,23 +771,10 @@ const FORBIDDEN: &[&str] = &[
 /// The first few of [`FORBIDDEN`] go with every name.
 const CORE_FORBIDDEN: usize = 6;
 
-const ALLOWED: &[&str] = &[
-    "TARGETDATA",
-    "targetdata",
-    "SCANNERDATA",
-    "%54ARGETDATA",
-    "ReportTargetData",
-];
+const ALLOWED: &[&str] = &["TARGETDATA", "targetdata", "SCANNERDATA", "%54ARGETDATA", "ReportTargetData"];
 
 /// How the caller's token is named (the gateway must find and strip all).
-const TOKEN_NAMES: &[&str] = &[
-    "APPTOKEN",
-    "apptoken",
-    "AppToken",
-    "%41PPTOKEN",
-    "APPTOKE%4E",
-    "%61pptoken",
-];
+const TOKEN_NAMES: &[&str] = &["APPTOKEN", "apptoken", "AppToken", "%41PPTOKEN", "APPTOKE%4E", "%61pptoken"];
 
 /// Paths Tomcat maps to the XMLAPI servlet (or nearly), as a client may spell them.
 const PATHS: &[&str] = &[
@@ -960,144 +828,45 @@ fn content_types() -> Vec<(&'static str, Enc)> {
         ("Application/X-Www-Form-Urlencoded", Enc::Ascii),
         ("  application/x-www-form-urlencoded  ", Enc::Ascii),
         ("application/x-www-form-urlencoded;", Enc::Ascii),
-        (
-            "application/x-www-form-urlencoded; charset=UTF-8",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded;charset=utf-8",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=\"UTF-8\"",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=ISO-8859-1",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=windows-1252",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded; Charset=UTF-8",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset = UTF-8",
-            Enc::Ascii,
-        ),
+        ("application/x-www-form-urlencoded; charset=UTF-8", Enc::Ascii),
+        ("application/x-www-form-urlencoded;charset=utf-8", Enc::Ascii),
+        ("application/x-www-form-urlencoded; charset=\"UTF-8\"", Enc::Ascii),
+        ("application/x-www-form-urlencoded; charset=ISO-8859-1", Enc::Ascii),
+        ("application/x-www-form-urlencoded; charset=windows-1252", Enc::Ascii),
+        ("application/x-www-form-urlencoded; Charset=UTF-8", Enc::Ascii),
+        ("application/x-www-form-urlencoded; charset = UTF-8", Enc::Ascii),
         ("application/x-www-form-urlencoded; foo=bar", Enc::Ascii),
-        (
-            "application/x-www-form-urlencoded; charset=UTF-16",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=utf-16be",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=UTF-16LE",
-            Enc::Utf16Le,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=UTF-16",
-            Enc::PctUtf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=UTF-32",
-            Enc::Utf32Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=IBM037",
-            Enc::Ebcdic,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=ibm500",
-            Enc::Ebcdic,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=IBM1047",
-            Enc::Ebcdic,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=Cp037",
-            Enc::PctEbcdic,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=x-UTF-7",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=bogus",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded; CHARSET=UTF-16",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset = UTF-16",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded;\tcharset=UTF-16",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded\t;charset=UTF-16",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=\"UTF-16\"",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=\"UTF\\-16\"",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=UTF-8; charset=UTF-16",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset=UTF-16; charset=UTF-8",
-            Enc::Ascii,
-        ),
-        (
-            "application/x-www-form-urlencoded; x; charset=UTF-16",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; ; charset=UTF-16",
-            Enc::Utf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; xcharset=UTF-16",
-            Enc::PctUtf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; a=\"x;charset=UTF-16\"",
-            Enc::PctUtf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; a=b,charset=UTF-16",
-            Enc::PctUtf16Be,
-        ),
-        (
-            "application/x-www-form-urlencoded; charset='UTF-16'",
-            Enc::PctUtf16Be,
-        ),
+        ("application/x-www-form-urlencoded; charset=UTF-16", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; charset=utf-16be", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; charset=UTF-16LE", Enc::Utf16Le),
+        ("application/x-www-form-urlencoded; charset=UTF-16", Enc::PctUtf16Be),
+        ("application/x-www-form-urlencoded; charset=UTF-32", Enc::Utf32Be),
+        ("application/x-www-form-urlencoded; charset=IBM037", Enc::Ebcdic),
+        ("application/x-www-form-urlencoded; charset=ibm500", Enc::Ebcdic),
+        ("application/x-www-form-urlencoded; charset=IBM1047", Enc::Ebcdic),
+        ("application/x-www-form-urlencoded; charset=Cp037", Enc::PctEbcdic),
+        ("application/x-www-form-urlencoded; charset=x-UTF-7", Enc::Ascii),
+        ("application/x-www-form-urlencoded; charset=bogus", Enc::Ascii),
+        ("application/x-www-form-urlencoded; CHARSET=UTF-16", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; charset = UTF-16", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded;\tcharset=UTF-16", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded\t;charset=UTF-16", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; charset=\"UTF-16\"", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; charset=\"UTF\\-16\"", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; charset=UTF-8; charset=UTF-16", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; charset=UTF-16; charset=UTF-8", Enc::Ascii),
+        ("application/x-www-form-urlencoded; x; charset=UTF-16", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; ; charset=UTF-16", Enc::Utf16Be),
+        ("application/x-www-form-urlencoded; xcharset=UTF-16", Enc::PctUtf16Be),
+        ("application/x-www-form-urlencoded; a=\"x;charset=UTF-16\"", Enc::PctUtf16Be),
+        ("application/x-www-form-urlencoded; a=b,charset=UTF-16", Enc::PctUtf16Be),
+        ("application/x-www-form-urlencoded; charset='UTF-16'", Enc::PctUtf16Be),
         ("application/x-www-form-urlencoded, text/plain", Enc::Ascii),
         ("application/x-www-form-urlencoded (comment)", Enc::Ascii),
         ("application/x-www-form-urlencodedx", Enc::Ascii),
         ("multipart/form-data; boundary=XyZ", Enc::Multipart),
         ("MULTIPART/FORM-DATA; boundary=XyZ", Enc::Multipart),
-        (
-            "multipart/form-data; boundary=\"XyZ\"; charset=UTF-8",
-            Enc::Multipart,
-        ),
+        ("multipart/form-data; boundary=\"XyZ\"; charset=UTF-8", Enc::Multipart),
         ("multipart/mixed; boundary=XyZ", Enc::Multipart),
         ("text/plain", Enc::Ascii),
         ("application/json", Enc::Ascii),
@@ -1110,46 +879,14 @@ fn content_types() -> Vec<(&'static str, Enc)> {
 fn body_layouts(t: &Pair, a: &Pair, f: &Pair) -> Vec<(&'static str, Vec<Pair>, Vec<Pair>)> {
     let (t, a, f) = (t.clone(), a.clone(), f.clone());
     vec![
-        (
-            "token in query, forbidden in body",
-            vec![t.clone()],
-            vec![f.clone()],
-        ),
-        (
-            "token+allowed in query, forbidden in body",
-            vec![t.clone(), a.clone()],
-            vec![f.clone()],
-        ),
-        (
-            "token in query, allowed then forbidden in body",
-            vec![t.clone()],
-            vec![a.clone(), f.clone()],
-        ),
-        (
-            "token in query, forbidden then allowed in body",
-            vec![t.clone()],
-            vec![f.clone(), a.clone()],
-        ),
-        (
-            "forbidden in query, token+allowed in body",
-            vec![f.clone()],
-            vec![t.clone(), a.clone()],
-        ),
-        (
-            "token and forbidden in body",
-            vec![],
-            vec![t.clone(), f.clone()],
-        ),
-        (
-            "token+forbidden in query, allowed in body",
-            vec![t.clone(), f.clone()],
-            vec![a.clone()],
-        ),
-        (
-            "token in query and body, forbidden in body",
-            vec![t.clone()],
-            vec![t, f],
-        ),
+        ("token in query, forbidden in body", vec![t.clone()], vec![f.clone()]),
+        ("token+allowed in query, forbidden in body", vec![t.clone(), a.clone()], vec![f.clone()]),
+        ("token in query, allowed then forbidden in body", vec![t.clone()], vec![a.clone(), f.clone()]),
+        ("token in query, forbidden then allowed in body", vec![t.clone()], vec![f.clone(), a.clone()]),
+        ("forbidden in query, token+allowed in body", vec![f.clone()], vec![t.clone(), a.clone()]),
+        ("token and forbidden in body", vec![], vec![t.clone(), f.clone()]),
+        ("token+forbidden in query, allowed in body", vec![t.clone(), f.clone()], vec![a.clone()]),
+        ("token in query and body, forbidden in body", vec![t.clone()], vec![t, f]),
     ]
 }
 
@@ -1170,25 +907,16 @@ fn cases(seed: u64) -> Vec<Case> {
     for n in ACTION_NAMES {
         for v in &FORBIDDEN[..CORE_FORBIDDEN] {
             let q = [t.clone(), kv(n, v)];
-            out.push(Case::one(
-                format!("query {n}={v}"),
-                &Req::get(&target(X, &q)),
-            ));
+            out.push(Case::one(format!("query {n}={v}"), &Req::get(&target(X, &q))));
         }
     }
     // ... and every other write spelling with the two main names, both orders.
     for v in &FORBIDDEN[CORE_FORBIDDEN..] {
         for n in ["ACTION", "%41CTION"] {
             let q = [t.clone(), kv(n, v)];
-            out.push(Case::one(
-                format!("query {n}={v}"),
-                &Req::get(&target(X, &q)),
-            ));
+            out.push(Case::one(format!("query {n}={v}"), &Req::get(&target(X, &q))));
             let q = [kv(n, v), t.clone()];
-            out.push(Case::one(
-                format!("query {n}={v} before token"),
-                &Req::get(&target(X, &q)),
-            ));
+            out.push(Case::one(format!("query {n}={v} before token"), &Req::get(&target(X, &q))));
         }
     }
 
@@ -1197,47 +925,23 @@ fn cases(seed: u64) -> Vec<Case> {
     for n in ACTION_NAMES {
         let f = kv(n, "REMOVETARGETDATA");
         for (what, q) in [
-            (
-                "allowed then forbidden",
-                vec![t.clone(), allowed.clone(), f.clone()],
-            ),
-            (
-                "forbidden then allowed",
-                vec![t.clone(), f.clone(), allowed.clone()],
-            ),
-            (
-                "bare name then allowed",
-                vec![t.clone(), (n.to_string(), None), allowed.clone()],
-            ),
-            (
-                "empty value then allowed",
-                vec![t.clone(), kv(n, ""), allowed.clone()],
-            ),
+            ("allowed then forbidden", vec![t.clone(), allowed.clone(), f.clone()]),
+            ("forbidden then allowed", vec![t.clone(), f.clone(), allowed.clone()]),
+            ("bare name then allowed", vec![t.clone(), (n.to_string(), None), allowed.clone()]),
+            ("empty value then allowed", vec![t.clone(), kv(n, ""), allowed.clone()]),
         ] {
-            out.push(Case::one(
-                format!("query {what}: {n}"),
-                &Req::get(&target(X, &q)),
-            ));
+            out.push(Case::one(format!("query {what}: {n}"), &Req::get(&target(X, &q))));
         }
     }
     for q in [
-        format!(
-            "{}&ACTION=TARGETDATA&ACTION=TARGETDATA&ACTION=REMOVETARGETDATA",
-            tok()
-        ),
-        format!(
-            "{}&ACTION=TARGETDATA&ACTION=targetdata&ACTION=%54ARGETDATA&ACTION=REMOVETARGETDATA",
-            tok()
-        ),
+        format!("{}&ACTION=TARGETDATA&ACTION=TARGETDATA&ACTION=REMOVETARGETDATA", tok()),
+        format!("{}&ACTION=TARGETDATA&ACTION=targetdata&ACTION=%54ARGETDATA&ACTION=REMOVETARGETDATA", tok()),
         format!("{}&ACTION=TARGETDATA;ACTION=REMOVETARGETDATA", tok()),
         format!("{};ACTION=REMOVETARGETDATA", tok()),
         format!("ACTION=REMOVETARGETDATA;{}", tok()),
         format!("{}&&&ACTION=REMOVETARGETDATA", tok()),
         format!("{}&=&ACTION=REMOVETARGETDATA", tok()),
-        format!(
-            "{}&=ACTION=REMOVETARGETDATA&ACTION==REMOVETARGETDATA",
-            tok()
-        ),
+        format!("{}&=ACTION=REMOVETARGETDATA&ACTION==REMOVETARGETDATA", tok()),
         format!("{}&ACTION=TARGETDATA=REMOVETARGETDATA", tok()),
         format!("?{}&ACTION=REMOVETARGETDATA", tok()),
         format!("{}&%&ACTION=REMOVETARGETDATA", tok()),
@@ -1250,35 +954,17 @@ fn cases(seed: u64) -> Vec<Case> {
         format!("{}&ACTION=REMOVETARGETDATA#frag", tok()),
         format!("{}#&ACTION=REMOVETARGETDATA", tok()),
         format!("{}&ACTION=REMOVETARGETDATA&{}", tok(), tok()),
-        format!(
-            "{}&ACTION=REMOVETARGETDATA&APPTOKEN={}",
-            tok(),
-            harness::ADMIN
-        ),
-        format!(
-            "APPTOKEN={}&ACTION=REMOVETARGETDATA&APPTOKEN={}",
-            harness::ADMIN,
-            harness::RO
-        ),
+        format!("{}&ACTION=REMOVETARGETDATA&APPTOKEN={}", tok(), harness::ADMIN),
+        format!("APPTOKEN={}&ACTION=REMOVETARGETDATA&APPTOKEN={}", harness::ADMIN, harness::RO),
         format!("{}&ACTION=REMOVETARGETDATA&APPTOKEN=", tok()),
         format!("{}&ACTION=REMOVETARGETDATA&APPTOKEN", tok()),
-        format!(
-            "{}&ACTION=REMOVETARGETDATA&APPTOKEN={}",
-            tok(),
-            harness::UPSTREAM_TOKEN
-        ),
-        format!(
-            "APPTOKEN={}&ACTION=REMOVETARGETDATA",
-            harness::RO.to_lowercase()
-        ),
+        format!("{}&ACTION=REMOVETARGETDATA&APPTOKEN={}", tok(), harness::UPSTREAM_TOKEN),
+        format!("APPTOKEN={}&ACTION=REMOVETARGETDATA", harness::RO.to_lowercase()),
         format!("APPTOKEN=%41{}&ACTION=REMOVETARGETDATA", &harness::RO[1..]),
         format!("APPTOKEN={}%00&ACTION=REMOVETARGETDATA", harness::RO),
         format!("APPTOKEN=+{}&ACTION=REMOVETARGETDATA", harness::RO),
     ] {
-        out.push(Case::one(
-            format!("query {q}"),
-            &Req::get(&format!("{X}?{q}")),
-        ));
+        out.push(Case::one(format!("query {q}"), &Req::get(&format!("{X}?{q}"))));
     }
 
     // 3. The token under other names, in the query and in the body.
@@ -1286,46 +972,25 @@ fn cases(seed: u64) -> Vec<Case> {
         let tt = kv(tn, harness::RO);
         for f in ["REMOVETARGETDATA", "UPDATESUBACCOUNTDATA"] {
             let q = [tt.clone(), kv("ACTION", f)];
-            out.push(Case::one(
-                format!("token as {tn} in query, ACTION={f}"),
-                &Req::get(&target(X, &q)),
-            ));
+            out.push(Case::one(format!("token as {tn} in query, ACTION={f}"), &Req::get(&target(X, &q))));
             let body = form(Enc::Ascii, &[tt.clone(), kv("ACTION", f)]);
-            out.push(Case::one(
-                format!("token as {tn} in body, ACTION={f}"),
-                &Req::post(X, FORM, body),
-            ));
+            out.push(Case::one(format!("token as {tn} in body, ACTION={f}"), &Req::post(X, FORM, body)));
         }
         // Allowed ACTION: forwarded, so the token must have been stripped.
         let q = [tt.clone(), allowed.clone()];
-        out.push(Case::one(
-            format!("token as {tn} in query, allowed"),
-            &Req::get(&target(X, &q)),
-        ));
+        out.push(Case::one(format!("token as {tn} in query, allowed"), &Req::get(&target(X, &q))));
         let body = form(Enc::Ascii, &[allowed.clone(), tt.clone()]);
-        out.push(Case::one(
-            format!("token as {tn} in body, allowed"),
-            &Req::post(X, FORM, body),
-        ));
+        out.push(Case::one(format!("token as {tn} in body, allowed"), &Req::post(X, FORM, body)));
     }
 
     // 4. Paths, with a forbidden ACTION in the query and in a body.
     for p in PATHS {
-        for (n, v) in [
-            ("ACTION", "REMOVETARGETDATA"),
-            ("%41CTION", "UPDATETARGETDATA"),
-        ] {
+        for (n, v) in [("ACTION", "REMOVETARGETDATA"), ("%41CTION", "UPDATETARGETDATA")] {
             let q = [t.clone(), kv(n, v)];
-            out.push(Case::one(
-                format!("path {p} query {n}={v}"),
-                &Req::get(&target(p, &q)),
-            ));
+            out.push(Case::one(format!("path {p} query {n}={v}"), &Req::get(&target(p, &q))));
         }
         let body = form(Enc::Ascii, &[kv("ACTION", "REMOVETARGETDATA")]);
-        out.push(Case::one(
-            format!("path {p} body"),
-            &Req::post(&target(p, std::slice::from_ref(&t)), FORM, body),
-        ));
+        out.push(Case::one(format!("path {p} body"), &Req::post(&target(p, std::slice::from_ref(&t)), FORM, body)));
     }
 
     // 5. Form bodies: every Content-Type with every layout.
@@ -1342,62 +1007,34 @@ fn cases(seed: u64) -> Vec<Case> {
         }
         // A random other name and write action with this Content-Type.
         {
-            let n = if transcoded {
-                "ACTION"
-            } else {
-                *rng.pick(&ACTION_NAMES[..14])
-            };
-            let v = if transcoded {
-                "UPDATETARGETDATA"
-            } else {
-                *rng.pick(&FORBIDDEN[..CORE_FORBIDDEN])
-            };
-            let r = Req::post(
-                &target(X, std::slice::from_ref(&t)),
-                ct,
-                form(enc, &[kv(n, v)]),
-            );
+            let n = if transcoded { "ACTION" } else { *rng.pick(&ACTION_NAMES[..14]) };
+            let v = if transcoded { "UPDATETARGETDATA" } else { *rng.pick(&FORBIDDEN[..CORE_FORBIDDEN]) };
+            let r = Req::post(&target(X, std::slice::from_ref(&t)), ct, form(enc, &[kv(n, v)]));
             out.push(Case::one(format!("body [{ct}] {enc:?}: {n}={v}"), &r));
         }
     }
     // Every name and write spelling in a plain form body.
     for n in ACTION_NAMES {
         let v = FORBIDDEN[(n.len() * 7) % CORE_FORBIDDEN];
-        let r = Req::post(
-            &target(X, std::slice::from_ref(&t)),
-            FORM,
-            form(Enc::Ascii, &[kv(n, v)]),
-        );
+        let r = Req::post(&target(X, std::slice::from_ref(&t)), FORM, form(Enc::Ascii, &[kv(n, v)]));
         out.push(Case::one(format!("body {n}={v}"), &r));
         let r = Req::post(X, FORM, form(Enc::Ascii, &[kv(n, v), t.clone()]));
         out.push(Case::one(format!("body {n}={v}, token in body"), &r));
     }
     for v in FORBIDDEN {
-        let r = Req::post(
-            &target(X, std::slice::from_ref(&t)),
-            FORM,
-            form(Enc::Ascii, &[kv("ACTION", v)]),
-        );
+        let r = Req::post(&target(X, std::slice::from_ref(&t)), FORM, form(Enc::Ascii, &[kv("ACTION", v)]));
         out.push(Case::one(format!("body ACTION={v}"), &r));
     }
 
     // 6. Methods: which ones Tomcat reads a body for (only POST), and which
     //    ones the gateway looks at.
-    for m in [
-        "GET", "PUT", "PATCH", "DELETE", "OPTIONS", "post", "Post", "FOO", "POST ",
-    ] {
+    for m in ["GET", "PUT", "PATCH", "DELETE", "OPTIONS", "post", "Post", "FOO", "POST "] {
         let r = Req::new(m, &target(X, std::slice::from_ref(&t)))
             .header("Content-Type", FORM)
             .body(form(Enc::Ascii, &[kv("ACTION", "REMOVETARGETDATA")]));
         out.push(Case::one(format!("method {m:?} with a form body"), &r));
-        let r = Req::new(
-            m,
-            &target(X, &[t.clone(), kv("ACTION", "REMOVETARGETDATA")]),
-        );
-        out.push(Case::one(
-            format!("method {m:?} with ACTION in the query"),
-            &r,
-        ));
+        let r = Req::new(m, &target(X, &[t.clone(), kv("ACTION", "REMOVETARGETDATA")]));
+        out.push(Case::one(format!("method {m:?} with ACTION in the query"), &r));
         let r = Req::new(m, &target(X, std::slice::from_ref(&t)))
             .header("Content-Type", "multipart/form-data; boundary=XyZ")
             .body(form(Enc::Multipart, &[kv("ACTION", "REMOVETARGETDATA")]));
@@ -1405,22 +1042,13 @@ fn cases(seed: u64) -> Vec<Case> {
     }
     out.push(Case::one(
         "HEAD with ACTION in the query",
-        &Req::new(
-            "HEAD",
-            &target(X, &[t.clone(), kv("ACTION", "REMOVETARGETDATA")]),
-        ),
+        &Req::new("HEAD", &target(X, &[t.clone(), kv("ACTION", "REMOVETARGETDATA")])),
     ));
     out.push(Case::one(
         "HEAD with %41CTION in the query",
-        &Req::new(
-            "HEAD",
-            &target(X, &[t.clone(), kv("%41CTION", "REMOVETARGETDATA")]),
-        ),
+        &Req::new("HEAD", &target(X, &[t.clone(), kv("%41CTION", "REMOVETARGETDATA")])),
     ));
-    out.push(Case::one(
-        "HEAD allowed",
-        &Req::new("HEAD", &target(X, &[t.clone(), allowed.clone()])),
-    ));
+    out.push(Case::one("HEAD allowed", &Req::new("HEAD", &target(X, &[t.clone(), allowed.clone()]))));
 
     // 7. Framing: chunked in several ways, Expect, content codings, versions.
     let fbody = form(Enc::Ascii, &[kv("ACTION", "REMOVETARGETDATA")]);
@@ -1477,19 +1105,8 @@ fn cases(seed: u64) -> Vec<Case> {
     ] {
         out.push(Case::raw(name, raw.as_bytes()));
     }
-    out.push(Case::one(
-        "Expect: 100-continue",
-        &Req::post(&tq, FORM, fbody.clone()).header("Expect", "100-continue"),
-    ));
-    for ce in [
-        "gzip",
-        "deflate",
-        "identity",
-        "gzip, identity",
-        "x-gzip",
-        "GZIP",
-        "br",
-    ] {
+    out.push(Case::one("Expect: 100-continue", &Req::post(&tq, FORM, fbody.clone()).header("Expect", "100-continue")));
+    for ce in ["gzip", "deflate", "identity", "gzip, identity", "x-gzip", "GZIP", "br"] {
         let plain = form(Enc::Ascii, &[kv("ACTION", "REMOVETARGETDATA")]);
         let body = match ce {
             "gzip" | "gzip, identity" | "x-gzip" | "GZIP" => gzip(&plain),
@@ -1506,31 +1123,16 @@ fn cases(seed: u64) -> Vec<Case> {
     let ok = Req::get(&target(X, &[t.clone(), allowed.clone()]));
     let bad = Req::get(&target(X, &[t.clone(), kv("ACTION", "REMOVETARGETDATA")]));
     let bad_body = Req::post(&tq, FORM, fbody.clone());
-    out.push(Case::pipelined(
-        "pipelined: allowed then forbidden",
-        &[ok.clone(), bad.clone()],
-    ));
-    out.push(Case::pipelined(
-        "pipelined: allowed then forbidden body",
-        &[ok.clone(), bad_body.clone()],
-    ));
-    out.push(Case::pipelined(
-        "pipelined: allowed, allowed, forbidden",
-        &[ok.clone(), ok.clone(), bad.clone()],
-    ));
+    out.push(Case::pipelined("pipelined: allowed then forbidden", &[ok.clone(), bad.clone()]));
+    out.push(Case::pipelined("pipelined: allowed then forbidden body", &[ok.clone(), bad_body.clone()]));
+    out.push(Case::pipelined("pipelined: allowed, allowed, forbidden", &[ok.clone(), ok.clone(), bad.clone()]));
     out.push(Case::pipelined(
         "pipelined: allowed chunked body then forbidden",
-        &[
-            Req::post(&tq, FORM, form(Enc::Ascii, std::slice::from_ref(&allowed))).chunked(4),
-            bad.clone(),
-        ],
+        &[Req::post(&tq, FORM, form(Enc::Ascii, std::slice::from_ref(&allowed))).chunked(4), bad.clone()],
     ));
     out.push(Case::pipelined(
         "pipelined: allowed with token in body then forbidden",
-        &[
-            Req::post(X, FORM, form(Enc::Ascii, &[t.clone(), allowed.clone()])),
-            bad_body.clone(),
-        ],
+        &[Req::post(X, FORM, form(Enc::Ascii, &[t.clone(), allowed.clone()])), bad_body.clone()],
     ));
     let inner = bad.bytes(true);
     let inner_s = String::from_utf8(inner.clone()).unwrap();
@@ -1569,17 +1171,10 @@ fn cases(seed: u64) -> Vec<Case> {
         "long value before ACTION in the body",
         &Req::post(&tq, FORM, format!("x={junk}&ACTION=REMOVETARGETDATA")),
     ));
-    out.push(Case::one(
-        "long ACTION value",
-        &Req::post(&tq, FORM, format!("ACTION=REMOVETARGETDATA{junk}")),
-    ));
+    out.push(Case::one("long ACTION value", &Req::post(&tq, FORM, format!("ACTION=REMOVETARGETDATA{junk}"))));
     out.push(Case::one(
         "long value then allowed then forbidden",
-        &Req::post(
-            &tq,
-            FORM,
-            format!("ACTION=TARGETDATA&x={junk}&ACTION=REMOVETARGETDATA"),
-        ),
+        &Req::post(&tq, FORM, format!("ACTION=TARGETDATA&x={junk}&ACTION=REMOVETARGETDATA")),
     ));
     let many: String = (0..5000).map(|i| format!("p{i}=1&")).collect();
     out.push(Case::one(
@@ -1592,18 +1187,12 @@ fn cases(seed: u64) -> Vec<Case> {
         &Req::post(&tq, FORM, format!("{many_allowed}ACTION=REMOVETARGETDATA")),
     ));
     let many_q: String = (0..600).map(|i| format!("p{i}=1&")).collect();
-    out.push(Case::one(
-        "long query then ACTION",
-        &Req::get(&format!("{X}?{}&{many_q}ACTION=REMOVETARGETDATA", tok())),
-    ));
+    out.push(Case::one("long query then ACTION", &Req::get(&format!("{X}?{}&{many_q}ACTION=REMOVETARGETDATA", tok()))));
     // "y=" + pad + "&ACTION=REMOVETARGETDATA": 24 bytes more than `size`.
     for size in [1_048_552, 1_048_553, 1_048_600, 2_200_000] {
         let pad = "y".repeat(size - 2);
         let body = format!("y={pad}&ACTION=REMOVETARGETDATA");
-        out.push(Case::one(
-            format!("body of {} bytes, ACTION last", body.len()),
-            &Req::post(&tq, FORM, body.clone()),
-        ));
+        out.push(Case::one(format!("body of {} bytes, ACTION last", body.len()), &Req::post(&tq, FORM, body.clone())));
         if size > 2_000_000 {
             out.push(Case::one(
                 format!("chunked body of {} bytes, ACTION last", body.len()),
@@ -1638,10 +1227,7 @@ fn cases(seed: u64) -> Vec<Case> {
         let name;
         let r = if layout < 8 {
             let (what, q, b) = &layouts[layout];
-            name = format!(
-                "random {i}: {p} [{ct}] {enc:?} {what}: {n}={v}, {}={av}, token {tn}",
-                a.0
-            );
+            name = format!("random {i}: {p} [{ct}] {enc:?} {what}: {n}={v}, {}={av}, token {tn}", a.0);
             let mut r = Req::post(&target(p, q), ct, form(enc, b));
             if ct.is_empty() {
                 r.headers.clear();
@@ -1654,10 +1240,7 @@ fn cases(seed: u64) -> Vec<Case> {
             let mut q = vec![tt.clone(), a.clone(), f.clone()];
             let k = (rng.next() % 3) as usize;
             q.rotate_left(k);
-            name = format!(
-                "random {i}: GET {p} query rotated {k}: {n}={v}, {}={av}, token {tn}",
-                a.0
-            );
+            name = format!("random {i}: GET {p} query rotated {k}: {n}={v}, {}={av}, token {tn}", a.0);
             Req::get(&target(p, &q))
         };
         out.push(Case::one(name, &r));
@@ -1693,19 +1276,12 @@ fn errorcode(body: &[u8]) -> Option<String> {
         return Some(t[a..b].to_string());
     }
     let v: Value = serde_json::from_slice(body).ok()?;
-    v.pointer("/data/errorCode")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    v.pointer("/data/errorCode").and_then(Value::as_str).map(str::to_string)
 }
 
 fn show(raw: &[u8]) -> String {
     const MAX: usize = 1200;
-    let s: String = raw
-        .iter()
-        .take(MAX)
-        .flat_map(|&b| std::ascii::escape_default(b))
-        .map(char::from)
-        .collect();
+    let s: String = raw.iter().take(MAX).flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect();
     if raw.len() > MAX {
         format!("b\"{s}\" ... ({} bytes in all)", raw.len())
     } else {
@@ -1725,14 +1301,7 @@ fn run_case(gw: &Gateway, c: &Case, tally: &mut Tally, verbose: bool) {
 
 /// Classifies the answers to one case, and checks everything that reached
 /// Tomcat. `raw`: every byte that came back (echoes are counted in it too).
-fn judge(
-    name: &str,
-    request: &str,
-    answers: &[Answer],
-    raw: &[u8],
-    tally: &mut Tally,
-    verbose: bool,
-) {
+fn judge(name: &str, request: &str, answers: &[Answer], raw: &[u8], tally: &mut Tally, verbose: bool) {
     tally.cases += 1;
     let mut echoes = Vec::new();
     let mut outcome = Vec::new();
@@ -1745,10 +1314,7 @@ fn judge(
         let mut at = 0;
         while let Some(i) = find(&a.body[at..], MARK) {
             let start = at + i;
-            let end = a.body[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(a.body.len(), |e| start + e);
+            let end = a.body[start..].iter().position(|&b| b == b'\n').map_or(a.body.len(), |e| start + e);
             match Echo::from_json(&a.body[start..end]) {
                 Some(e) => here.push(e),
                 None => tally.violations.push(format!(
@@ -1777,9 +1343,7 @@ fn judge(
             tally.tomcat_refused += 1;
         } else if a.status == 502 || a.status == 504 {
             outcome.push(format!("upstream-failed({})", a.status));
-            tally
-                .upstream_failed
-                .push(format!("{} -> {} {}", name, a.status, show(&a.body)));
+            tally.upstream_failed.push(format!("{} -> {} {}", name, a.status, show(&a.body)));
         } else if a.status == 200 {
             tally.violations.push(format!(
                 "UNEXPLAINED 200 (neither Tomcat's echo nor a refusal) in case {:?}\n  request: {}\n  answer: {}",
@@ -1789,10 +1353,7 @@ fn judge(
             ));
         } else {
             outcome.push(format!("refused({} no code)", a.status));
-            *tally
-                .refused
-                .entry(format!("HTTP {} without ERRORCODE", a.status))
-                .or_default() += 1;
+            *tally.refused.entry(format!("HTTP {} without ERRORCODE", a.status)).or_default() += 1;
         }
     }
     // Nothing may reach Tomcat unseen: count the echoes in the raw bytes too.
@@ -1812,10 +1373,7 @@ fn judge(
     }
     for e in &echoes {
         for v in violations(e) {
-            tally.violations.push(format!(
-                "{v}\n  case: {}\n  request: {}\n  Tomcat read: {}",
-                name, request, e.raw
-            ));
+            tally.violations.push(format!("{v}\n  case: {}\n  request: {}\n  Tomcat read: {}", name, request, e.raw));
         }
     }
     if verbose {
@@ -1890,11 +1448,8 @@ fn h2_send(addr: SocketAddr, c: &H2Case) -> Result<Answer, String> {
     for (k, v) in &c.headers {
         b = b.header(*k, v.as_str());
     }
-    let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = c
-        .frames
-        .iter()
-        .map(|f| Ok(Frame::data(Bytes::from(f.clone()))))
-        .collect();
+    let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+        c.frames.iter().map(|f| Ok(Frame::data(Bytes::from(f.clone())))).collect();
     if !c.trailers.is_empty() {
         let mut t = http::HeaderMap::new();
         for (k, v) in &c.trailers {
@@ -1906,44 +1461,22 @@ fn h2_send(addr: SocketAddr, c: &H2Case) -> Result<Answer, String> {
     let req = b.body(body).map_err(|e| format!("cannot build: {e}"))?;
     harness::upstream::runtime().block_on(async move {
         let work = async move {
-            let tcp = tokio::net::TcpStream::connect(addr)
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
                 .await
-                .map_err(|e| e.to_string())?;
-            let (mut send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| format!("handshake: {e}"))?;
+                .map_err(|e| format!("handshake: {e}"))?;
             tokio::spawn(conn);
-            let resp = send
-                .send_request(req)
-                .await
-                .map_err(|e| format!("request: {e}"))?;
+            let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
             let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?
-                .to_bytes()
-                .to_vec();
+            let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes().to_vec();
             let headers = parts
                 .headers
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
+                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect();
-            Ok(Answer {
-                status: parts.status.as_u16(),
-                headers,
-                body,
-            })
+            Ok(Answer { status: parts.status.as_u16(), headers, body })
         };
-        tokio::time::timeout(Duration::from_secs(15), work)
-            .await
-            .map_err(|_| "timed out".to_string())?
+        tokio::time::timeout(Duration::from_secs(15), work).await.map_err(|_| "timed out".to_string())?
     })
 }
 
@@ -1958,11 +1491,7 @@ fn h2_cases() -> Vec<H2Case> {
         format!("{t}&ACTION&ACTION=TARGETDATA"),
         format!("ACTION=REMOVETARGETDATA&apptoken={}", harness::RO),
     ] {
-        out.push(H2Case::new(
-            format!("h2 GET query {q}"),
-            "GET",
-            format!("{X}?{q}"),
-        ));
+        out.push(H2Case::new(format!("h2 GET query {q}"), "GET", format!("{X}?{q}")));
     }
     for p in [
         "/opi/XMLAPI;jsessionid=x",
@@ -1974,11 +1503,7 @@ fn h2_cases() -> Vec<H2Case> {
         "/opi/rest/outscan/../../XMLAPI",
         "/opi/rest/outscan/..;/..;/XMLAPI",
     ] {
-        out.push(H2Case::new(
-            format!("h2 GET path {p}"),
-            "GET",
-            format!("{p}?{t}&ACTION=REMOVETARGETDATA"),
-        ));
+        out.push(H2Case::new(format!("h2 GET path {p}"), "GET", format!("{p}?{t}&ACTION=REMOVETARGETDATA")));
     }
     let fb = b"ACTION=REMOVETARGETDATA".to_vec();
     let tq = format!("{X}?{t}");
@@ -1999,13 +1524,9 @@ fn h2_cases() -> Vec<H2Case> {
         };
         for piece in [1024, 1] {
             out.push(
-                H2Case::new(
-                    format!("h2 POST [{ct}] in frames of {piece}"),
-                    "POST",
-                    tq.clone(),
-                )
-                .header("content-type", ct)
-                .body(&body, piece),
+                H2Case::new(format!("h2 POST [{ct}] in frames of {piece}"), "POST", tq.clone())
+                    .header("content-type", ct)
+                    .body(&body, piece),
             );
         }
     }
@@ -2015,22 +1536,14 @@ fn h2_cases() -> Vec<H2Case> {
             .body(format!("{t}&ACTION=REMOVETARGETDATA").as_bytes(), 5),
     );
     out.push(
-        H2Case::new(
-            "h2 POST allowed in query, forbidden in body",
-            "POST",
-            format!("{tq}&ACTION=TARGETDATA"),
-        )
-        .header("content-type", FORM)
-        .body(&fb, 1024),
+        H2Case::new("h2 POST allowed in query, forbidden in body", "POST", format!("{tq}&ACTION=TARGETDATA"))
+            .header("content-type", FORM)
+            .body(&fb, 1024),
     );
     out.push(
-        H2Case::new(
-            "h2 POST forbidden in query, allowed in body",
-            "POST",
-            format!("{tq}&ACTION=REMOVETARGETDATA"),
-        )
-        .header("content-type", FORM)
-        .body(b"ACTION=TARGETDATA", 1024),
+        H2Case::new("h2 POST forbidden in query, allowed in body", "POST", format!("{tq}&ACTION=REMOVETARGETDATA"))
+            .header("content-type", FORM)
+            .body(b"ACTION=TARGETDATA", 1024),
     );
     out.push(
         H2Case::new("h2 POST two content-types", "POST", tq.clone())
@@ -2063,20 +1576,10 @@ fn h2_cases() -> Vec<H2Case> {
             .trailer("x-action", "REMOVETARGETDATA"),
     );
     out.push(
-        H2Case::new("h2 lower-case post with form", "post", tq.clone())
-            .header("content-type", FORM)
-            .body(&fb, 1024),
+        H2Case::new("h2 lower-case post with form", "post", tq.clone()).header("content-type", FORM).body(&fb, 1024),
     );
-    out.push(
-        H2Case::new("h2 PUT with form", "PUT", tq.clone())
-            .header("content-type", FORM)
-            .body(&fb, 1024),
-    );
-    out.push(
-        H2Case::new("h2 GET with form body", "GET", tq.clone())
-            .header("content-type", FORM)
-            .body(&fb, 1024),
-    );
+    out.push(H2Case::new("h2 PUT with form", "PUT", tq.clone()).header("content-type", FORM).body(&fb, 1024));
+    out.push(H2Case::new("h2 GET with form body", "GET", tq.clone()).header("content-type", FORM).body(&fb, 1024));
     let big = format!("x={}&ACTION=REMOVETARGETDATA", "x".repeat(200_000));
     out.push(
         H2Case::new("h2 POST 200 KB, ACTION last", "POST", tq.clone())
@@ -2107,10 +1610,7 @@ fn run_h2(gw: &Gateway, tally: &mut Tally, verbose: bool) -> usize {
         Ok(a) => {
             let body = String::from_utf8_lossy(&a.body);
             assert_eq!(a.status, 200, "HTTP/2 control: {body}");
-            assert!(
-                body.contains("\"action\":\"TARGETDATA\""),
-                "HTTP/2 control: {body}"
-            );
+            assert!(body.contains("\"action\":\"TARGETDATA\""), "HTTP/2 control: {body}");
         }
     }
     let cases = h2_cases();
@@ -2140,13 +1640,7 @@ fn positive_controls(gw: &Gateway) {
     let cases: Vec<(&str, harness::Response, Option<&str>, &str)> = vec![
         (
             "ACTION=TARGETDATA in the query",
-            harness::request(
-                gw.addr,
-                "GET",
-                &format!("{X}?APPTOKEN={ro}&ACTION=TARGETDATA"),
-                &[],
-                b"",
-            ),
+            harness::request(gw.addr, "GET", &format!("{X}?APPTOKEN={ro}&ACTION=TARGETDATA"), &[], b""),
             Some("TARGETDATA"),
             "ACTION",
         ),
@@ -2168,10 +1662,7 @@ fn positive_controls(gw: &Gateway) {
                 gw.addr,
                 "POST",
                 X,
-                &[(
-                    "Content-Type",
-                    "application/x-www-form-urlencoded; charset=UTF-8",
-                )],
+                &[("Content-Type", "application/x-www-form-urlencoded; charset=UTF-8")],
                 format!("APPTOKEN={ro}&ACTION=SCANNERDATA").as_bytes(),
             ),
             Some("SCANNERDATA"),
@@ -2179,25 +1670,13 @@ fn positive_controls(gw: &Gateway) {
         ),
         (
             "lower-case names",
-            harness::request(
-                gw.addr,
-                "GET",
-                &format!("{X}?apptoken={ro}&action=TARGETDATA"),
-                &[],
-                b"",
-            ),
+            harness::request(gw.addr, "GET", &format!("{X}?apptoken={ro}&action=TARGETDATA"), &[], b""),
             Some("TARGETDATA"),
             "action",
         ),
         (
             "lower-case value",
-            harness::request(
-                gw.addr,
-                "GET",
-                &format!("{X}?APPTOKEN={ro}&ACTION=targetdata"),
-                &[],
-                b"",
-            ),
+            harness::request(gw.addr, "GET", &format!("{X}?APPTOKEN={ro}&ACTION=targetdata"), &[], b""),
             Some("targetdata"),
             "ACTION",
         ),
@@ -2234,14 +1713,8 @@ fn positive_controls(gw: &Gateway) {
     ];
     for (what, resp, want, name) in cases {
         let body = resp.text();
-        assert_eq!(
-            resp.status, 200,
-            "positive control {what:?} did not pass: {} {body}",
-            resp.status
-        );
-        let start = body
-            .find("{\"echo\":\"tomcat\"")
-            .unwrap_or_else(|| panic!("{what}: no echo in {body}"));
+        assert_eq!(resp.status, 200, "positive control {what:?} did not pass: {} {body}", resp.status);
+        let start = body.find("{\"echo\":\"tomcat\"").unwrap_or_else(|| panic!("{what}: no echo in {body}"));
         let e = Echo::from_json(body[start..].lines().next().unwrap().as_bytes())
             .unwrap_or_else(|| panic!("{what}: unreadable echo {body}"));
         assert_eq!(e.servlet, "xmlapi", "{what}: {body}");
@@ -2253,31 +1726,12 @@ fn positive_controls(gw: &Gateway) {
             Some(&[harness::UPSTREAM_TOKEN.to_string()][..]),
             "{what}: exactly the upstream credential must reach Tomcat: {body}"
         );
-        assert!(
-            !body.contains(ro),
-            "{what}: the caller's token reached Tomcat: {body}"
-        );
+        assert!(!body.contains(ro), "{what}: the caller's token reached Tomcat: {body}");
     }
     // And a plain write attempt is refused, by the right reason.
-    let r = harness::request(
-        gw.addr,
-        "GET",
-        &format!("{X}?APPTOKEN={ro}&ACTION=REMOVETARGETDATA"),
-        &[],
-        b"",
-    );
-    assert_eq!(
-        r.status,
-        403,
-        "a read-only token's REMOVETARGETDATA: {}",
-        r.text()
-    );
-    assert_eq!(
-        r.errorcode().as_deref(),
-        Some("ACTION_NOT_ALLOWED"),
-        "{}",
-        r.text()
-    );
+    let r = harness::request(gw.addr, "GET", &format!("{X}?APPTOKEN={ro}&ACTION=REMOVETARGETDATA"), &[], b"");
+    assert_eq!(r.status, 403, "a read-only token's REMOVETARGETDATA: {}", r.text());
+    assert_eq!(r.errorcode().as_deref(), Some("ACTION_NOT_ALLOWED"), "{}", r.text());
 }
 
 #[test]
@@ -2285,26 +1739,14 @@ fn read_only_token_never_gets_a_write_action_to_tomcat() {
     let started = Instant::now();
     let tomcat = TomcatUpstream::start();
     let gw = Gateway::start(&tomcat.url(), &harness::standard_tokens().render());
-    println!(
-        "Tomcat at {}, gateway at {} (ready in {:?})",
-        tomcat.url(),
-        gw.addr,
-        started.elapsed()
-    );
+    println!("Tomcat at {}, gateway at {} (ready in {:?})", tomcat.url(), gw.addr, started.elapsed());
 
     positive_controls(&gw);
 
-    let seed = std::env::var("TOMCAT_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x7E57_C0DE_u64);
+    let seed = std::env::var("TOMCAT_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x7E57_C0DE_u64);
     let verbose = std::env::var_os("TOMCAT_DIFF_VERBOSE").is_some();
     let cases = cases(seed);
-    assert!(
-        cases.len() + h2_cases().len() <= 1500,
-        "keep the run bounded: {} cases",
-        cases.len()
-    );
+    assert!(cases.len() + h2_cases().len() <= 1500, "keep the run bounded: {} cases", cases.len());
     let mut tally = Tally::default();
     for c in &cases {
         run_case(&gw, c, &mut tally, verbose);
@@ -2361,51 +1803,15 @@ fn the_tomcat_oracle_flags_bypasses_and_leaks() {
     };
     let ok_tokens = format!("[\"{up}\"]");
     let clean = |v: Vec<String>| assert!(v.is_empty(), "{v:?}");
-    let flagged = |v: Vec<String>, what: &str| {
-        assert!(v.iter().any(|x| x.starts_with(what)), "{what}: {v:?}")
-    };
+    let flagged = |v: Vec<String>, what: &str| assert!(v.iter().any(|x| x.starts_with(what)), "{what}: {v:?}");
 
     clean(violations(&echo("null", &ok_tokens, "{}", "/opi/XMLAPI")));
-    clean(violations(&echo(
-        "\"targetdata\"",
-        &ok_tokens,
-        "{\"ACTION\":[\"targetdata\"]}",
-        "/opi/XMLAPI",
-    )));
-    clean(violations(&echo(
-        "\"\\u017fcannerdata\"",
-        "null",
-        "{}",
-        "/opi/XMLAPI",
-    )));
-    clean(violations(&echo(
-        "\"REMOVETARGETDATA\"",
-        &ok_tokens,
-        "{}",
-        "/opi/rest/outscan/x",
-    )));
-    flagged(
-        violations(&echo(
-            "\"REMOVETARGETDATA\"",
-            &ok_tokens,
-            "{}",
-            "/opi/XMLAPI",
-        )),
-        "BYPASS",
-    );
-    flagged(
-        violations(&echo("\"\"", &ok_tokens, "{}", "/opi/XMLAPI")),
-        "BYPASS",
-    );
-    flagged(
-        violations(&echo(
-            "\"TARGETDATA\\u0000\"",
-            &ok_tokens,
-            "{}",
-            "/opi/xmlapi",
-        )),
-        "BYPASS",
-    );
+    clean(violations(&echo("\"targetdata\"", &ok_tokens, "{\"ACTION\":[\"targetdata\"]}", "/opi/XMLAPI")));
+    clean(violations(&echo("\"\\u017fcannerdata\"", "null", "{}", "/opi/XMLAPI")));
+    clean(violations(&echo("\"REMOVETARGETDATA\"", &ok_tokens, "{}", "/opi/rest/outscan/x")));
+    flagged(violations(&echo("\"REMOVETARGETDATA\"", &ok_tokens, "{}", "/opi/XMLAPI")), "BYPASS");
+    flagged(violations(&echo("\"\"", &ok_tokens, "{}", "/opi/XMLAPI")), "BYPASS");
+    flagged(violations(&echo("\"TARGETDATA\\u0000\"", &ok_tokens, "{}", "/opi/xmlapi")), "BYPASS");
     flagged(
         violations(&echo(
             "\"TARGETDATA\"",
@@ -2415,57 +1821,21 @@ fn the_tomcat_oracle_flags_bypasses_and_leaks() {
         )),
         "STRICT",
     );
+    flagged(violations(&echo("null", &ok_tokens, "{\"action\":[\"REMOVETARGETDATA\"]}", "/opi/XMLAPI")), "STRICT");
+    flagged(violations(&echo("null", &format!("[\"{}\"]", harness::RO), "{}", "/opi/XMLAPI")), "TOKEN LEAK");
+    flagged(violations(&echo("null", &format!("[\"{up}\",\"x\"]"), "{}", "/opi/XMLAPI")), "TOKEN LEAK");
     flagged(
-        violations(&echo(
-            "null",
-            &ok_tokens,
-            "{\"action\":[\"REMOVETARGETDATA\"]}",
-            "/opi/XMLAPI",
-        )),
-        "STRICT",
-    );
-    flagged(
-        violations(&echo(
-            "null",
-            &format!("[\"{}\"]", harness::RO),
-            "{}",
-            "/opi/XMLAPI",
-        )),
-        "TOKEN LEAK",
-    );
-    flagged(
-        violations(&echo(
-            "null",
-            &format!("[\"{up}\",\"x\"]"),
-            "{}",
-            "/opi/XMLAPI",
-        )),
-        "TOKEN LEAK",
-    );
-    flagged(
-        violations(&echo(
-            "null",
-            &ok_tokens,
-            &format!("{{\"apptoken\":[\"{}\"]}}", harness::RO),
-            "/opi/XMLAPI",
-        )),
+        violations(&echo("null", &ok_tokens, &format!("{{\"apptoken\":[\"{}\"]}}", harness::RO), "/opi/XMLAPI")),
         "STRICT",
     );
 
     // Answers on one connection: 100 Continue, a chunked one, a sized one.
-    let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+    let wire =
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
                  HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nnoHTTP/1.1 200 OK\r\n\r\nrest";
     let a = parse_answers(wire, false);
     let got: Vec<(u16, &[u8])> = a.iter().map(|a| (a.status, &a.body[..])).collect();
-    assert_eq!(
-        got,
-        vec![
-            (100, &b""[..]),
-            (200, &b"abc"[..]),
-            (403, &b"no"[..]),
-            (200, &b"rest"[..])
-        ]
-    );
+    assert_eq!(got, vec![(100, &b""[..]), (200, &b"abc"[..]), (403, &b"no"[..]), (200, &b"rest"[..])]);
     let a = parse_answers(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Echo-Servlet: xmlapi\r\nX-Echo-Action: \"REMOVETARGETDATA\"\r\n\r\n", true);
     let e = Echo::from_headers(&a[0]).expect("an echo from headers");
     flagged(violations(&e), "BYPASS");

@@ -24,10 +24,7 @@ pub const UPSTREAM_TOKEN: &str = "0123456789ABCDEF0123456789ABCDEF0123456789ABCD
 
 /// Lower-case hex SHA-256, as token files hold it.
 pub fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A token for a `[[token]]`.
@@ -90,19 +87,10 @@ impl TokenFile {
         self
     }
     pub fn render(&self) -> String {
-        let q = |v: &[String]| {
-            v.iter()
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let q = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
         let mut out = String::new();
         for (name, actions, routes) in &self.rights {
-            out += &format!(
-                "[access_rights.{name}]\nactions = [{}]\nroutes = [{}]\n\n",
-                q(actions),
-                q(routes)
-            );
+            out += &format!("[access_rights.{name}]\nactions = [{}]\nroutes = [{}]\n\n", q(actions), q(routes));
         }
         for t in &self.tokens {
             out += &format!(
@@ -128,12 +116,7 @@ pub fn standard_tokens() -> TokenFile {
     TokenFile::new()
         .right(
             "read-only",
-            &[
-                "TARGETDATA",
-                "TARGETGROUPDATA",
-                "SCANNERDATA",
-                "REPORTTARGETDATA",
-            ],
+            &["TARGETDATA", "TARGETGROUPDATA", "SCANNERDATA", "REPORTTARGETDATA"],
             &["GET /opi/rest/outscan/*"],
         )
         .right("admin", &["*"], &["* /*"])
@@ -141,9 +124,7 @@ pub fn standard_tokens() -> TokenFile {
         .token(TokenSpec::new("boss", ADMIN, "admin"))
         .token(TokenSpec::new("sleeper", INACTIVE, "admin").inactive())
         .token(TokenSpec::new("old", EXPIRED, "admin").expires("2020-01-01T00:00:00Z"))
-        .token(
-            TokenSpec::new("elsewhere", ELSEWHERE, "admin").ips(&["192.0.2.0/24", "2001:db8::/32"]),
-        )
+        .token(TokenSpec::new("elsewhere", ELSEWHERE, "admin").ips(&["192.0.2.0/24", "2001:db8::/32"]))
 }
 
 /// Tokens of [`standard_tokens`], 64 upper-case hex like the scanner's.
@@ -195,16 +176,8 @@ impl GatewayBuilder {
                 "tokens.toml".to_string()
             }
         };
-        std::fs::write(
-            dir.path().join("upstream.token"),
-            format!("{UPSTREAM_TOKEN}\n"),
-        )
-        .unwrap();
-        let apptoken = if self.apptoken {
-            "apptoken_file = \"upstream.token\"\n"
-        } else {
-            ""
-        };
+        std::fs::write(dir.path().join("upstream.token"), format!("{UPSTREAM_TOKEN}\n")).unwrap();
+        let apptoken = if self.apptoken { "apptoken_file = \"upstream.token\"\n" } else { "" };
         let mut cfg = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{}\"\n{apptoken}timeout = \"{}\"\n\n\
              [tokens]\nfile = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
@@ -276,10 +249,7 @@ impl Gateway {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 let _ = child.kill();
-                panic!(
-                    "tokengate did not start:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+                panic!("tokengate did not start:\n{}", log.lock().unwrap().join("\n"));
             };
             if line.contains("proxy listening") {
                 addr = Some(addr_in(&line));
@@ -287,13 +257,7 @@ impl Gateway {
                 admin = Some(addr_in(&line));
             }
         }
-        Gateway {
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            dir,
-            child,
-            log,
-        }
+        Gateway { addr: addr.unwrap(), admin: admin.unwrap(), dir, child, log }
     }
 
     /// Everything the gateway printed so far.
@@ -308,11 +272,7 @@ impl Gateway {
             if let Some(l) = self.log().into_iter().find(|l| f(l)) {
                 return l;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no log line for {what}:\n{}",
-                self.log().join("\n")
-            );
+            assert!(Instant::now() < deadline, "no log line for {what}:\n{}", self.log().join("\n"));
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -326,13 +286,7 @@ impl Gateway {
     }
 
     /// Sends one request through the proxy listener.
-    pub fn send(
-        &self,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
+    pub fn send(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
         request(self.addr, method, target, headers, body)
     }
 
@@ -341,12 +295,7 @@ impl Gateway {
     }
 
     pub fn post_form(&self, target: &str, body: &str) -> Response {
-        self.send(
-            "POST",
-            target,
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            body.as_bytes(),
-        )
+        self.send("POST", target, &[("Content-Type", "application/x-www-form-urlencoded")], body.as_bytes())
     }
 
     /// Waits for the process to exit and returns its status.
@@ -374,9 +323,7 @@ impl Drop for Gateway {
 fn addr_in(line: &str) -> SocketAddr {
     let at = line.find("addr=").expect("addr= in the listening line") + 5;
     let rest = &line[at..];
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(rest.len());
     rest[..end].parse().expect("a socket address")
 }
 

@@ -29,17 +29,10 @@ impl Recorded {
         self.target.split_once('?').map_or(&self.target, |(p, _)| p)
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 }
 
@@ -61,13 +54,7 @@ pub const OK_BODY: &str = "<?xml version=\"1.0\"?><RESPONSE><SUCCESS>true</SUCCE
 /// The runtime the mock servers run on, shared by all tests.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
+    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
 }
 
 /// A running mock upstream.
@@ -86,9 +73,7 @@ impl MockUpstream {
     pub fn start_with(reply: Reply) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let reply = Arc::new(Mutex::new(reply));
-        let listener = runtime()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        let listener = runtime().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let (s, r) = (seen.clone(), reply.clone());
         let task = runtime().spawn(async move {
@@ -98,20 +83,14 @@ impl MockUpstream {
                 };
                 let (s, r) = (s.clone(), r.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req| handle(req, s.clone(), r.clone()));
+                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone(), r.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Self {
-            addr,
-            seen,
-            reply,
-            task,
-        }
+        Self { addr, seen, reply, task }
     }
 
     pub fn url(&self) -> String {
@@ -130,12 +109,7 @@ impl MockUpstream {
 
     /// The last request received.
     pub fn last(&self) -> Recorded {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("the upstream received nothing")
+        self.seen.lock().unwrap().last().cloned().expect("the upstream received nothing")
     }
 
     pub fn set_reply(&self, r: Reply) {
@@ -157,37 +131,16 @@ async fn handle(
     reply: Arc<Mutex<Reply>>,
 ) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes().to_vec())
-        .unwrap_or_default();
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/".to_string(), |p| p.as_str().to_string());
+    let body = body.collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+    let target = parts.uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
     let headers = parts
         .headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     // The gateway's readiness probe is not a request under test.
-    if parts
-        .headers
-        .get("user-agent")
-        .is_none_or(|v| v != "tokengate-readiness-probe")
-    {
-        seen.lock().unwrap().push(Recorded {
-            method: parts.method.to_string(),
-            target,
-            headers,
-            body,
-        });
+    if parts.headers.get("user-agent").is_none_or(|v| v != "tokengate-readiness-probe") {
+        seen.lock().unwrap().push(Recorded { method: parts.method.to_string(), target, headers, body });
     }
     let r = reply.lock().unwrap().clone();
     let resp = match r {
@@ -207,8 +160,7 @@ async fn handle(
                     .map(|c| Ok::<_, Infallible>(Frame::data(c))),
             );
             let mut resp = Response::new(BodyExt::boxed(StreamBody::new(s)));
-            resp.headers_mut()
-                .insert("content-type", "application/octet-stream".parse().unwrap());
+            resp.headers_mut().insert("content-type", "application/octet-stream".parse().unwrap());
             resp
         }
     };
@@ -218,7 +170,6 @@ async fn handle(
 fn xml(code: u16, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
     *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
-    resp.headers_mut()
-        .insert("content-type", "text/xml".parse().unwrap());
+    resp.headers_mut().insert("content-type", "text/xml".parse().unwrap());
     resp
 }
