@@ -53,12 +53,12 @@ fn rfc3339(t: SystemTime) -> String {
 fn tokens_json(shared: &Shared) -> String {
     let table = shared.tokens.current();
     let mut entries: Vec<_> = table.entries().collect();
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.sort_by(|a, b| a.name().cmp(b.name()));
     let list: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| {
             // A token not used since it was loaded may have no state yet.
-            let state = e.state.get().cloned().or_else(|| shared.tokens.states().get(&e.name)).unwrap_or_default();
+            let state = e.existing_state(shared.tokens.states()).unwrap_or_default();
             let mut counts = serde_json::Map::new();
             counts.insert("allowed".into(), state.count(ALLOWED).into());
             for (i, code) in DENIAL_CODES.iter().enumerate() {
@@ -68,11 +68,11 @@ fn tokens_json(shared: &Shared) -> String {
                 }
             }
             serde_json::json!({
-                "name": &*e.name,
-                "access_right": &*e.right.name,
-                "active": e.active,
-                "expires": e.expires.map(rfc3339),
-                "ip_restriction": e.ip_restriction.nets().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                "name": e.name(),
+                "access_right": &*e.right().name,
+                "active": e.active(),
+                "expires": e.expires().map(rfc3339),
+                "ip_restriction": e.ip_restriction().nets().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 "last_use": state.last_use().map(rfc3339),
                 "last_client_ip": state.last_ip().map(|ip| ip.to_string()),
                 "requests": counts,

@@ -22,7 +22,7 @@ pub fn check(config: &Path) -> i32 {
                 eprintln!("warning: {w}");
             }
             let t = &loaded.table;
-            let active = t.entries().filter(|e| e.active).count();
+            let active = t.entries().filter(|e| e.active()).count();
             println!("{}: ok", config.display());
             println!("  proxy   {}{}", cfg.listen, if cfg.tls.is_some() { " (TLS)" } else { "" });
             println!("  admin   {}", cfg.admin_listen);

@@ -43,28 +43,28 @@ pub fn list(config: &Path) -> i32 {
         }
     };
     let mut entries: Vec<_> = loaded.table.entries().collect();
-    entries.sort_by_key(|e| e.line);
+    entries.sort_by_key(|e| e.line());
     let now = std::time::SystemTime::now();
     let rows: Vec<[String; 5]> = entries
         .iter()
         .map(|e| {
-            let ips = e.ip_restriction.nets();
+            let ips = e.ip_restriction().nets();
             [
-                e.name.to_string(),
-                if !e.active {
+                e.name().to_string(),
+                if !e.active() {
                     "no".into()
-                } else if e.expires.is_some_and(|t| t <= now) {
+                } else if e.expired_at(now) {
                     "expired".into()
                 } else {
                     "yes".into()
                 },
-                e.right.name.to_string(),
+                e.right().name.to_string(),
                 if ips.is_empty() {
                     "any".into()
                 } else {
                     ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
                 },
-                e.expires.map_or("-".into(), |t| humantime::format_rfc3339_seconds(t).to_string()),
+                e.expires().map_or("-".into(), |t| humantime::format_rfc3339_seconds(t).to_string()),
             ]
         })
         .collect();

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use http::Method;
 
 use crate::denial::Denial;
-use crate::tokens::table::{Token, TokenEntry, TokenHash, TokenTable};
+use crate::tokens::table::{Token, TokenHash, TokenRef, TokenTable};
 use client_ip::{BadForwardedFor, ClientIp};
 use params::{Malformed, Params, Slot};
 use route::{CanonicalPath, NotCanonical};
@@ -50,7 +50,7 @@ pub struct Refusal<'t> {
     /// Why.
     pub denial: Denial,
     /// The token, from step 2 on.
-    pub token: Option<&'t TokenEntry>,
+    pub token: Option<TokenRef<'t>>,
 }
 
 fn refuse(denial: Denial) -> Refusal<'static> {
@@ -58,7 +58,7 @@ fn refuse(denial: Denial) -> Refusal<'static> {
 }
 
 /// Decides a request, row by row of §5; the first failing row answers.
-pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<&'t TokenEntry, Refusal<'t>> {
+pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<TokenRef<'t>, Refusal<'t>> {
     // Row 1: find APPTOKEN. A parameter name that cannot be decoded could be
     // APPTOKEN or ACTION, so nothing after this row can be trusted.
     let params = asked
@@ -83,17 +83,17 @@ pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<&'t TokenE
     let deny = |denial| Refusal { denial, token: Some(entry) };
 
     // Row 3: active and not expired, before anything about the request itself.
-    if !entry.active {
+    if !entry.active() {
         return Err(deny(Denial::TokenInactive));
     }
-    if entry.expires.is_some_and(|e| asked.now >= e) {
+    if entry.expired_at(asked.now) {
         return Err(deny(Denial::TokenExpired));
     }
 
     // Row 4: the client address; an unreadable X-Forwarded-For from a trusted
     // proxy means the address is unknown, which no restriction allows.
     let client = asked.client.map_err(|BadForwardedFor| deny(Denial::IpNotAllowed))?;
-    if !entry.ip_restriction.allows(client.0) {
+    if !entry.ip_restriction().allows(client.0) {
         return Err(deny(Denial::IpNotAllowed));
     }
 
@@ -109,10 +109,10 @@ pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<&'t TokenE
             // The clients' login probe.
             Slot::Absent => Ok(entry),
             Slot::Conflict => Err(deny(Denial::Ambiguous("ACTION is given twice with different values"))),
-            Slot::One(action) if entry.right.actions.allows(action) => Ok(entry),
+            Slot::One(action) if entry.right().actions.allows(action) => Ok(entry),
             Slot::One(_) => Err(deny(Denial::ActionNotAllowed)),
         }
-    } else if entry.right.routes.iter().any(|r| r.matches(asked.method, path)) {
+    } else if entry.right().routes.iter().any(|r| r.matches(asked.method, path)) {
         Ok(entry)
     } else {
         Err(deny(Denial::RouteNotAllowed))
@@ -205,7 +205,7 @@ access_right = "probe-only"
             client: if c.xff_bad { Err(BadForwardedFor) } else { Ok(ClientIp(c.ip.parse().unwrap())) },
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         };
-        decide(t, &asked).map(|e| e.name.to_string()).map_err(|r| r.denial)
+        decide(t, &asked).map(|e| e.name().to_string()).map_err(|r| r.denial)
     }
 
     #[test]
@@ -289,6 +289,6 @@ access_right = "probe-only"
             now: SystemTime::now(),
         };
         let r = decide(&t, &asked).unwrap_err();
-        assert_eq!(r.token.map(|e| &*e.name), Some("ro"));
+        assert_eq!(r.token.map(|e| e.name()), Some("ro"));
     }
 }

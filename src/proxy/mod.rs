@@ -102,7 +102,8 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
         let table = shared.tokens.current();
         match decide(&table, &asked) {
             Ok(entry) => {
-                entry.state(shared.tokens.states()).record(ALLOWED, client_for_log, now);
+                let state = entry.state(shared.tokens.states());
+                state.record(ALLOWED, client_for_log, now);
                 let uri = match &asked.path {
                     Ok(path) => rewrite::upstream_uri(
                         &cfg.scheme,
@@ -115,14 +116,21 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
                     .ok(),
                     Err(_) => None,
                 };
-                (Ok(entry.name.clone()), uri)
+                (Ok(state.name.clone()), uri)
             }
             Err(refusal) => {
-                match refusal.token {
-                    Some(e) => e.state(shared.tokens.states()).record(refusal.denial.index(), client_for_log, now),
-                    None => shared.metrics.anonymous_denial(refusal.denial.index()),
-                }
-                (Err((refusal.denial, refusal.token.map(|e| e.name.clone()))), None)
+                let name = match refusal.token {
+                    Some(e) => {
+                        let state = e.state(shared.tokens.states());
+                        state.record(refusal.denial.index(), client_for_log, now);
+                        Some(state.name.clone())
+                    }
+                    None => {
+                        shared.metrics.anonymous_denial(refusal.denial.index());
+                        None
+                    }
+                };
+                (Err((refusal.denial, name)), None)
             }
         }
     };

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
@@ -25,7 +25,7 @@ use toml_edit::{ImDocument, Item};
 
 use super::lines;
 use super::state::StateRegistry;
-use super::table::{AccessRight, Actions, IpRestriction, Token, TokenEntry, TokenHash, TokenMap, TokenTable};
+use super::table::{AccessRight, Actions, Duplicate, NewToken, TableBuilder, Token, TokenHash, TokenTable};
 use crate::decide::route::RoutePattern;
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
 
@@ -248,15 +248,12 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
 /// error is recorded, and any error means no table.
 struct Builder<'a> {
     src: Source<'a>,
-    rights: FxHashMap<Box<str>, Arc<AccessRight>>,
-    right_order: Vec<Arc<AccessRight>>,
-    by_hash: TokenMap,
-    names: FxHashMap<Arc<str>, u32>,
-    /// Identical restrictions share one allocation (most tokens have one of a few).
-    restrictions: FxHashMap<Vec<IpNet>, IpRestriction>,
+    table: TableBuilder,
+    /// Right name to its index in the table.
+    rights: FxHashMap<Box<str>, u16>,
     /// The previous token's restriction, as written: the common case of the
     /// same list line after line costs no parsing.
-    last_restriction: Option<(Vec<Str<'a>>, IpRestriction)>,
+    last_restriction: Option<(Vec<Str<'a>>, u32)>,
     /// Tokens naming a right not seen yet (rights may follow tokens).
     pending: Vec<RawToken<'a>>,
     warnings: Vec<ConfigError>,
@@ -264,13 +261,12 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn new(src: Source<'a>) -> Self {
+        // A token takes about 190 bytes of file: size the table once.
+        let table = TableBuilder::with_capacity(src.text().len() / 190);
         Self {
             src,
+            table,
             rights: FxHashMap::default(),
-            right_order: Vec::new(),
-            by_hash: TokenMap::default(),
-            names: FxHashMap::default(),
-            restrictions: FxHashMap::default(),
             last_restriction: None,
             pending: Vec::new(),
             warnings: Vec::new(),
@@ -284,12 +280,11 @@ impl<'a> Builder<'a> {
         if self.src.has_errors() {
             return Err(ConfigErrors(self.src.into_errors()));
         }
-        self.by_hash.shrink_to_fit();
-        Ok(Loaded { table: TokenTable::from_map(self.by_hash, self.right_order), warnings: self.warnings })
+        Ok(Loaded { table: self.table.finish(), warnings: self.warnings })
     }
 
     fn add_token(&mut self, t: RawToken<'a>, last_chance: bool) {
-        let Some(right) = self.rights.get(t.access_right.text.as_ref()).cloned() else {
+        let Some(&right) = self.rights.get(t.access_right.text.as_ref()) else {
             if last_chance {
                 self.src.error(
                     Some(t.access_right.span.clone()),
@@ -301,37 +296,25 @@ impl<'a> Builder<'a> {
             }
             return;
         };
-        let checked = self.check_values(&t);
-        let Some((hash, expires, ip_restriction)) = checked else { return };
-        let name: Arc<str> = Arc::from(t.name.text.as_ref());
+        let Some((digest, expires, restriction)) = self.check_values(&t) else { return };
+        let name = t.name.text.as_ref();
         if name.trim().is_empty() {
             self.src.error(Some(t.name.span.clone()), "`name` must not be empty");
-        } else if let Some(first) = self.names.get(&name) {
-            let first = *first;
-            self.src.error(Some(t.name.span.clone()), format!("duplicate name `{name}`: first used at line {first}"));
-        } else {
-            self.names.insert(name.clone(), t.line);
         }
-        match self.by_hash.entry(hash) {
-            std::collections::hash_map::Entry::Occupied(first) => {
-                let at = t.token_sha256.as_ref().or(t.token.as_ref()).map(|s| s.span.clone());
-                let msg = format!(
-                    "duplicate token: `{name}` is the same token as `{}` at line {}",
-                    first.get().name,
-                    first.get().line
-                );
-                self.src.error(at, msg);
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(TokenEntry {
-                    name,
-                    active: t.active,
-                    expires,
-                    ip_restriction,
-                    right,
-                    state: OnceLock::new(),
-                    line: t.line,
-                });
+        let new = NewToken { digest, name, active: t.active, expires, right, restriction, line: t.line };
+        match self.table.insert(new) {
+            Ok(()) => {}
+            Err(Duplicate { name: same_name, token: same_token }) => {
+                if let Some(first_line) = same_name {
+                    let msg = format!("duplicate name `{name}`: first used at line {first_line}");
+                    self.src.error(Some(t.name.span.clone()), msg);
+                }
+                if let Some((first_name, first_line)) = same_token {
+                    let at = t.token_sha256.as_ref().or(t.token.as_ref()).map(|s| s.span.clone());
+                    let msg =
+                        format!("duplicate token: `{name}` is the same token as `{first_name}` at line {first_line}");
+                    self.src.error(at, msg);
+                }
             }
         }
     }
@@ -339,7 +322,7 @@ impl<'a> Builder<'a> {
     /// The digest, expiry and restriction of a token, recording what is
     /// wrong. Only a missing digest stops the token from being entered: the
     /// others are still checked for duplicates (the table is not used then).
-    fn check_values(&mut self, t: &RawToken<'a>) -> Option<(TokenHash, Option<SystemTime>, IpRestriction)> {
+    fn check_values(&mut self, t: &RawToken<'a>) -> Option<(TokenHash, Option<SystemTime>, u32)> {
         let name = t.name.text.as_ref();
         let hash = match (&t.token, &t.token_sha256) {
             (Some(_), Some(d)) => {
@@ -378,7 +361,7 @@ impl<'a> Builder<'a> {
         };
         let restriction = self.restriction(&t.ip_restriction);
         let expires = match &t.expires {
-            None => Some(None),
+            None => None,
             Some(e) => {
                 let at = parse_rfc3339(&e.text);
                 if at.is_none() {
@@ -387,16 +370,16 @@ impl<'a> Builder<'a> {
                         "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z",
                     );
                 }
-                at.map(Some)
+                at
             }
         };
-        Some((hash?, expires.flatten(), restriction.unwrap_or_default()))
+        Some((hash?, expires, restriction.unwrap_or(0)))
     }
 
-    fn restriction(&mut self, entries: &[Str<'a>]) -> Option<IpRestriction> {
+    fn restriction(&mut self, entries: &[Str<'a>]) -> Option<u32> {
         if let Some((text, r)) = &self.last_restriction {
             if text.len() == entries.len() && text.iter().zip(entries).all(|(a, b)| a.text == b.text) {
-                return Some(r.clone());
+                return Some(*r);
             }
         }
         let mut nets = Vec::with_capacity(entries.len());
@@ -413,8 +396,8 @@ impl<'a> Builder<'a> {
         if !ok {
             return None;
         }
-        let r = self.restrictions.entry(nets).or_insert_with_key(|k| IpRestriction::new(k.clone())).clone();
-        self.last_restriction = Some((entries.to_vec(), r.clone()));
+        let r = self.table.restriction(nets);
+        self.last_restriction = Some((entries.to_vec(), r));
         Some(r)
     }
 }
@@ -445,8 +428,8 @@ impl<'a> Sink<'a> for Builder<'a> {
         }
         let actions = if any { Actions::Any } else { Actions::Listed(actions.into()) };
         let right = Arc::new(AccessRight { name: r.name.as_ref().into(), actions, routes: routes.into() });
-        self.right_order.push(right.clone());
-        self.rights.insert(r.name.as_ref().into(), right);
+        let index = self.table.add_right(right);
+        self.rights.insert(r.name.as_ref().into(), index);
     }
 
     fn token(&mut self, t: RawToken<'a>) {
@@ -511,9 +494,9 @@ access_right = "admin"
         let l = parse_str(GOOD).unwrap();
         assert_eq!(l.table.len(), 2);
         let e = l.table.get(&TokenHash::of(&Token(b"secret"))).unwrap();
-        assert_eq!(&*e.name, "splunk");
-        assert!(e.right.actions.allows(b"SCANNERDATA"));
-        assert!(e.expires.is_some());
+        assert_eq!(e.name(), "splunk");
+        assert!(e.right().actions.allows(b"SCANNERDATA"));
+        assert!(e.expires().is_some());
         assert!(l.table.get(&TokenHash::of(&Token(b"plain"))).is_some());
         assert_eq!(l.warnings.len(), 1);
         assert!(l.warnings[0].to_string().starts_with("tokens.toml:21:9: token `ops` is stored in plain text"));

@@ -17,6 +17,8 @@ pub const ALLOWED: usize = DENIAL_CODES.len();
 /// One token's live state.
 #[derive(Debug, Default)]
 pub struct TokenState {
+    /// The token's name (for the access log, without holding the table).
+    pub name: Arc<str>,
     last_use_ms: AtomicU64,
     last_ip: Mutex<Option<IpAddr>>,
     /// Requests by decision: one per denial code, then allowed.
@@ -62,11 +64,15 @@ pub struct StateRegistry {
 
 impl StateRegistry {
     /// The state for `name`, created on first sight. Called by the loader.
-    pub fn for_name(&self, name: &Arc<str>) -> Arc<TokenState> {
+    pub fn for_name(&self, name: &str) -> Arc<TokenState> {
         if let Some(s) = self.by_name.get(name) {
             return s.clone();
         }
-        self.by_name.entry(name.clone()).or_default().clone()
+        let name: Arc<str> = Arc::from(name);
+        self.by_name
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(TokenState { name, ..TokenState::default() }))
+            .clone()
     }
 
     /// The state for `name`, if it was ever used.

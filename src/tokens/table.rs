@@ -1,12 +1,14 @@
 //! The token table a decision reads: an immutable snapshot, built whole by
 //! the loader and swapped in whole. No I/O, no async, no locks.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -118,90 +120,239 @@ impl IpRestriction {
     }
 }
 
-/// One `[[token]]`, validated.
+/// One `[[token]]`, validated, packed: about 80 bytes plus its name, so a
+/// million tokens fit in about 100 MB. Read through [`TokenRef`].
 #[derive(Debug)]
 pub struct TokenEntry {
+    digest: TokenHash,
+    /// Unix milliseconds after which it is expired; 0: never.
+    expires_ms: u64,
+    /// Live counters, attached on first use from the registry (so they are
+    /// shared with every later table that has this name, and unused tokens
+    /// cost nothing).
+    state: OnceLock<Arc<TokenState>>,
+    name_at: u32,
+    name_len: u32,
+    restriction: u32,
+    line: u32,
+    right: u16,
+    active: bool,
+}
+
+/// A token of a table, with the table it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRef<'t> {
+    table: &'t TokenTable,
+    entry: &'t TokenEntry,
+}
+
+impl<'t> TokenRef<'t> {
     /// Its unique name: what logs, metrics and `/tokens` show.
-    pub name: Arc<str>,
+    pub fn name(&self) -> &'t str {
+        let at = self.entry.name_at as usize;
+        &self.table.names[at..at + self.entry.name_len as usize]
+    }
+
     /// `active = false` refuses it with TOKEN_INACTIVE.
-    pub active: bool,
+    pub fn active(&self) -> bool {
+        self.entry.active
+    }
+
     /// Past this instant it is refused with TOKEN_EXPIRED.
-    pub expires: Option<SystemTime>,
+    pub fn expires(&self) -> Option<SystemTime> {
+        (self.entry.expires_ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(self.entry.expires_ms))
+    }
+
+    /// Whether it has expired at `now`.
+    pub fn expired_at(&self, now: SystemTime) -> bool {
+        self.expires().is_some_and(|e| now >= e)
+    }
+
     /// Where it may be used from.
-    pub ip_restriction: IpRestriction,
+    pub fn ip_restriction(&self) -> &'t IpRestriction {
+        &self.table.restrictions[self.entry.restriction as usize]
+    }
+
     /// What it may do.
-    pub right: Arc<AccessRight>,
-    /// Its live counters, attached on first use from the registry, so they
-    /// are shared with every later table that has this name (and unused
-    /// tokens cost nothing).
-    pub state: OnceLock<Arc<TokenState>>,
-    /// Line of its `[[token]]` in the file, for messages.
-    pub line: u32,
-}
+    pub fn right(&self) -> &'t Arc<AccessRight> {
+        &self.table.rights[usize::from(self.entry.right)]
+    }
 
-impl TokenEntry {
+    /// Line of its `[[token]]` in the file.
+    pub fn line(&self) -> u32 {
+        self.entry.line
+    }
+
     /// Its live state, from `registry` on first use.
-    pub fn state(&self, registry: &StateRegistry) -> &Arc<TokenState> {
-        self.state.get_or_init(|| registry.for_name(&self.name))
+    pub fn state(&self, registry: &StateRegistry) -> &'t Arc<TokenState> {
+        self.entry.state.get_or_init(|| registry.for_name(self.name()))
+    }
+
+    /// Its live state if it has any (none when it was never used under this
+    /// name).
+    pub fn existing_state(&self, registry: &StateRegistry) -> Option<Arc<TokenState>> {
+        self.entry.state.get().cloned().or_else(|| registry.get(self.name()))
     }
 }
-
-/// The digest is uniformly distributed already: its first 8 bytes are the hash.
-#[derive(Default)]
-pub struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-}
-
-/// Tokens by digest.
-pub type TokenMap = HashMap<TokenHash, TokenEntry, BuildHasherDefault<DigestHasher>>;
 
 /// The whole table, immutable once built.
 #[derive(Debug, Default)]
 pub struct TokenTable {
-    by_hash: TokenMap,
+    /// Positions in `entries`, by digest.
+    index: HashTable<u32>,
+    entries: Vec<TokenEntry>,
+    /// Every name, back to back.
+    names: String,
+    restrictions: Vec<IpRestriction>,
     rights: Vec<Arc<AccessRight>>,
 }
 
-impl TokenTable {
-    /// Builds a table; the loader has checked that digests and names are unique.
-    pub fn from_map(by_hash: TokenMap, rights: Vec<Arc<AccessRight>>) -> Self {
-        Self { by_hash, rights }
-    }
+fn digest_hash(d: &TokenHash) -> u64 {
+    // A SHA-256 digest is uniformly distributed already.
+    u64::from_le_bytes([d.0[0], d.0[1], d.0[2], d.0[3], d.0[4], d.0[5], d.0[6], d.0[7]])
+}
 
+impl TokenTable {
     /// Finds a token by its digest.
-    pub fn get(&self, hash: &TokenHash) -> Option<&TokenEntry> {
-        self.by_hash.get(hash)
+    pub fn get(&self, hash: &TokenHash) -> Option<TokenRef<'_>> {
+        let i = self.index.find(digest_hash(hash), |&i| self.entries[i as usize].digest == *hash)?;
+        Some(TokenRef { table: self, entry: &self.entries[*i as usize] })
     }
 
     /// How many tokens there are.
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.entries.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.entries.is_empty()
     }
 
-    /// Every token, in no particular order.
-    pub fn entries(&self) -> impl Iterator<Item = &TokenEntry> {
-        self.by_hash.values()
+    /// Every token, in file order.
+    pub fn entries(&self) -> impl Iterator<Item = TokenRef<'_>> {
+        self.entries.iter().map(move |entry| TokenRef { table: self, entry })
     }
 
     /// The access rights, in file order.
     pub fn rights(&self) -> &[Arc<AccessRight>] {
         &self.rights
+    }
+}
+
+/// Why a token could not be added: what it shares with an earlier one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Another token has this name; the line of that one.
+    pub name: Option<u32>,
+    /// Another token has this digest (the same secret): its name and line.
+    pub token: Option<(String, u32)>,
+}
+
+/// Builds a [`TokenTable`], refusing duplicate names and digests.
+#[derive(Debug, Default)]
+pub struct TableBuilder {
+    table: TokenTable,
+    /// Positions in `entries`, by name.
+    by_name: HashTable<u32>,
+    restriction_ids: FxHashMap<Vec<IpNet>, u32>,
+}
+
+/// What [`TableBuilder::insert`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    /// SHA-256 of the token.
+    pub digest: TokenHash,
+    /// Unique name.
+    pub name: &'a str,
+    /// `active`.
+    pub active: bool,
+    /// `expires`.
+    pub expires: Option<SystemTime>,
+    /// From [`TableBuilder::add_right`].
+    pub right: u16,
+    /// From [`TableBuilder::restriction`].
+    pub restriction: u32,
+    /// Line of its `[[token]]`.
+    pub line: u32,
+}
+
+fn name_of<'n>(names: &'n str, e: &TokenEntry) -> &'n str {
+    &names[e.name_at as usize..(e.name_at + e.name_len) as usize]
+}
+
+impl TableBuilder {
+    /// Room for about `n` tokens.
+    pub fn with_capacity(n: usize) -> Self {
+        let mut b = Self::default();
+        b.table.entries.reserve(n);
+        b.table.index.reserve(n, |_| 0);
+        b.by_name.reserve(n, |_| 0);
+        b
+    }
+
+    /// Adds an access right; returns its index for [`TableBuilder::insert`].
+    pub fn add_right(&mut self, right: Arc<AccessRight>) -> u16 {
+        self.table.rights.push(right);
+        u16::try_from(self.table.rights.len() - 1).unwrap_or(u16::MAX)
+    }
+
+    /// Interns a restriction; identical lists share one.
+    pub fn restriction(&mut self, nets: Vec<IpNet>) -> u32 {
+        if let Some(&id) = self.restriction_ids.get(&nets) {
+            return id;
+        }
+        let id = self.table.restrictions.len() as u32;
+        self.table.restrictions.push(IpRestriction::new(nets.clone()));
+        self.restriction_ids.insert(nets, id);
+        id
+    }
+
+    /// Adds a token. On a duplicate the table is unchanged.
+    pub fn insert(&mut self, t: NewToken<'_>) -> Result<(), Duplicate> {
+        let TokenTable { index, entries, names, .. } = &mut self.table;
+        let name_hash = FxBuildHasher.hash_one(t.name);
+        let same_name = self.by_name.find(name_hash, |&i| name_of(names, &entries[i as usize]) == t.name);
+        let same_digest = index.find(digest_hash(&t.digest), |&i| entries[i as usize].digest == t.digest);
+        if same_name.is_some() || same_digest.is_some() {
+            return Err(Duplicate {
+                name: same_name.map(|&i| entries[i as usize].line),
+                token: same_digest.map(|&i| {
+                    let first = &entries[i as usize];
+                    (name_of(names, first).to_string(), first.line)
+                }),
+            });
+        }
+        let pos = entries.len() as u32;
+        let name_at = names.len() as u32;
+        names.push_str(t.name);
+        let expires_ms = t.expires.map_or(0, |e| {
+            e.duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+        });
+        entries.push(TokenEntry {
+            digest: t.digest,
+            expires_ms,
+            state: OnceLock::new(),
+            name_at,
+            name_len: t.name.len() as u32,
+            restriction: t.restriction,
+            line: t.line,
+            right: t.right,
+            active: t.active,
+        });
+        index.insert_unique(digest_hash(&t.digest), pos, |&i| digest_hash(&entries[i as usize].digest));
+        let names: &str = names;
+        self.by_name.insert_unique(name_hash, pos, |&i| FxBuildHasher.hash_one(name_of(names, &entries[i as usize])));
+        Ok(())
+    }
+
+    /// The finished table.
+    pub fn finish(mut self) -> TokenTable {
+        let TokenTable { index, entries, names, .. } = &mut self.table;
+        entries.shrink_to_fit();
+        names.shrink_to_fit();
+        index.shrink_to(0, |&i| digest_hash(&entries[i as usize].digest));
+        self.table
     }
 }
 
