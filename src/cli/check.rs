@@ -16,7 +16,20 @@ pub fn check(config: &Path) -> i32 {
             return 1;
         }
     };
+    // What `run` would read besides the two files: TLS material and the CA.
+    let mut files_ok = true;
+    if let Some(tls) = &cfg.tls {
+        if let Err(e) = crate::server::tls_acceptor(tls) {
+            eprintln!("{}: {e}", config.display());
+            files_ok = false;
+        }
+    }
+    if let Err(e) = crate::proxy::upstream::Upstream::new(&cfg.upstream) {
+        eprintln!("{}: {e}", config.display());
+        files_ok = false;
+    }
     match file::load(&cfg.tokens_file, &StateRegistry::default()) {
+        Ok(_) if !files_ok => 1,
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");

@@ -161,22 +161,25 @@ impl Upstream {
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
-    while let Some(s) = source {
-        if s.is::<rustls::Error>() {
-            return UpstreamError::Tls;
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return UpstreamError::Timeout;
-            }
-            if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
-                return UpstreamError::Tls;
-            }
-        }
-        source = s.source();
+    e.source().map_or(UpstreamError::Unreachable, classify_cause)
+}
+
+/// Walks the causes. An `io::Error` hides the error it wraps from
+/// `source()` (it returns the wrapped error's own source), so look inside.
+fn classify_cause(e: &(dyn StdError + 'static)) -> UpstreamError {
+    if e.is::<rustls::Error>() {
+        return UpstreamError::Tls;
     }
-    UpstreamError::Unreachable
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::TimedOut {
+            return UpstreamError::Timeout;
+        }
+        if let Some(inner) = io.get_ref() {
+            let inner: &(dyn StdError + 'static) = inner;
+            return classify_cause(inner);
+        }
+    }
+    e.source().map_or(UpstreamError::Unreachable, classify_cause)
 }
 
 fn error_chain(e: &dyn StdError) -> String {

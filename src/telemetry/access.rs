@@ -76,19 +76,24 @@ impl AccessRecord {
             token = %self.token.as_deref().unwrap_or("-"),
             method = %self.method,
             path = %self.uri.path(),
-            action = ?self.action.as_deref().unwrap_or("-"),
+            action = %self.action.as_deref().unwrap_or("-"),
             decision = %self.outcome.decision(),
             reason = %self.outcome.reason(),
             upstream_status = self.upstream_status.unwrap_or(0),
             bytes,
-            duration_ms = format_args!("{ms:.3}"),
+            duration_ms = (ms * 1000.0).round() / 1000.0,
         );
     }
 
-    /// Keeps at most 64 bytes of an ACTION for the log, as text.
+    /// Keeps at most 64 bytes of an ACTION for the log, as text; anything
+    /// but printable ASCII becomes `?`, so a caller cannot forge log lines or
+    /// fields.
     pub fn action_for_log(action: &[u8]) -> Box<str> {
-        let cut = &action[..action.len().min(64)];
-        String::from_utf8_lossy(cut).into()
+        action
+            .iter()
+            .take(64)
+            .map(|&b| if b.is_ascii_graphic() && b != b'"' && b != b'\\' { char::from(b) } else { '?' })
+            .collect()
     }
 }
 

@@ -158,11 +158,14 @@ impl Collector for Scrape {
             }
         }
         {
-            let mut cumulative = 0;
+            // The encoder accumulates the buckets itself and prints f64::MAX
+            // as +Inf: hand it the count of each bucket alone.
+            let mut count = 0;
             let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
-            for (i, bound) in BUCKETS.iter().chain(std::iter::once(&f64::INFINITY)).enumerate() {
-                cumulative += m.latency_buckets[i].load(Ordering::Relaxed);
-                buckets.push((*bound, cumulative));
+            for (i, bound) in BUCKETS.iter().chain(std::iter::once(&f64::MAX)).enumerate() {
+                let n = m.latency_buckets[i].load(Ordering::Relaxed);
+                count += n;
+                buckets.push((*bound, n));
             }
             let sum = m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
             let mut e = enc.encode_descriptor(
@@ -171,7 +174,7 @@ impl Collector for Scrape {
                 None,
                 MetricType::Histogram,
             )?;
-            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, cumulative, &buckets, None)?;
+            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
         }
         {
             let mut fam =
@@ -222,7 +225,9 @@ mod tests {
             "tokengate_requests_total{decision=\"allowed\",reason=\"ok\",token=\"splunk\"} 1",
             "tokengate_requests_total{decision=\"denied\",reason=\"ACTION_NOT_ALLOWED\",token=\"splunk\"} 1",
             "tokengate_requests_total{decision=\"denied\",reason=\"TOKEN_UNKNOWN\",token=\"\"} 1",
+            "tokengate_upstream_duration_seconds_bucket{le=\"0.001\"} 0",
             "tokengate_upstream_duration_seconds_bucket{le=\"0.005\"} 1",
+            "tokengate_upstream_duration_seconds_bucket{le=\"+Inf\"} 1",
             "tokengate_upstream_duration_seconds_count 1",
             "tokengate_reloads_total{outcome=\"failure\"} 1",
             "tokengate_tokens_loaded 7",

@@ -223,7 +223,7 @@ fn access_log_has_one_line_per_request_with_its_fields() {
         "token=reader",
         "method=GET",
         "path=/opi/XMLAPI",
-        "action=\"TARGETDATA\"",
+        "action=TARGETDATA",
         "decision=allowed",
         "reason=ok",
         "upstream_status=200",
@@ -233,4 +233,21 @@ fn access_log_has_one_line_per_request_with_its_fields() {
         assert!(line.contains(field), "{field} missing in {line}");
     }
     assert!(!line.contains("SECRET") && !line.contains("hide"), "the query was logged: {line}");
+}
+
+#[test]
+fn json_access_log_has_typed_fields() {
+    let up = MockUpstream::start();
+    let gw = Gateway::builder(&up.url(), &standard_tokens().render()).extra("[log]\nformat = \"json\"").start();
+    gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGET%0ADATA"));
+    let line = gw.wait_log("access line", |l| l.contains("tokengate::access"));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["token"], "reader");
+    assert_eq!(v["decision"], "denied");
+    assert_eq!(v["reason"], "ACTION_NOT_ALLOWED");
+    // A control character in the ACTION cannot break the line or forge a field.
+    assert_eq!(v["action"], "TARGET?DATA");
+    assert_eq!(v["upstream_status"], 0);
+    assert!(v["duration_ms"].is_f64(), "{line}");
+    assert!(v["bytes"].is_u64(), "{line}");
 }

@@ -8,4 +8,5 @@ mod cli;
 mod decision;
 mod forwarding;
 mod reload;
+mod tls;
 mod tomcat;

@@ -57,7 +57,7 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Response {
     parse(&buf).unwrap_or_else(|| panic!("unparsable answer: {:?}", String::from_utf8_lossy(&buf)))
 }
 
-fn parse(buf: &[u8]) -> Option<Response> {
+pub fn parse(buf: &[u8]) -> Option<Response> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = head.split("\r\n");

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod tls;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -143,6 +144,7 @@ pub struct GatewayBuilder {
     apptoken: bool,
     timeout: String,
     tokens_path: Option<PathBuf>,
+    upstream_extra: String,
 }
 
 impl GatewayBuilder {
@@ -150,6 +152,12 @@ impl GatewayBuilder {
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
+        self
+    }
+    /// Extra lines inside `[upstream]`.
+    pub fn extra_upstream(mut self, lines: &str) -> Self {
+        self.upstream_extra.push_str(lines);
+        self.upstream_extra.push('\n');
         self
     }
     /// Point `tokens.file` at an existing file instead of writing one.
@@ -179,9 +187,9 @@ impl GatewayBuilder {
         std::fs::write(dir.path().join("upstream.token"), format!("{UPSTREAM_TOKEN}\n")).unwrap();
         let apptoken = if self.apptoken { "apptoken_file = \"upstream.token\"\n" } else { "" };
         let mut cfg = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{}\"\n{apptoken}timeout = \"{}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{}\"\n{apptoken}{}timeout = \"{}\"\n\n\
              [tokens]\nfile = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
-            self.upstream, self.timeout, tokens_file
+            self.upstream, self.upstream_extra, self.timeout, tokens_file
         );
         cfg.push_str(&self.extra);
         if !self.extra.contains("[client_ip]") {
@@ -210,6 +218,7 @@ impl Gateway {
             apptoken: true,
             timeout: "5s".into(),
             tokens_path: None,
+            upstream_extra: String::new(),
         }
     }
 
@@ -321,8 +330,9 @@ impl Drop for Gateway {
 }
 
 fn addr_in(line: &str) -> SocketAddr {
-    let at = line.find("addr=").expect("addr= in the listening line") + 5;
-    let rest = &line[at..];
+    // Text logs say addr=1.2.3.4:5, JSON logs "addr":"1.2.3.4:5".
+    let at = line.find("addr=").map(|i| i + 5).or_else(|| line.find("\"addr\":\"").map(|i| i + 8));
+    let rest = &line[at.expect("addr in the listening line")..];
     let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(rest.len());
     rest[..end].parse().expect("a socket address")
 }
