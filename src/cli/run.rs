@@ -73,6 +73,9 @@ async fn serve(cfg: Config) -> i32 {
             return 1;
         }
     };
+    // Signals are taken over before anyone is told the gateway is up.
+    let hup = reload::listen_for_sighup();
+    let stop = stop_signals();
     let table_size = tokens.current().len();
     let shared = Arc::new(Shared {
         tokens: Arc::new(tokens),
@@ -81,6 +84,13 @@ async fn serve(cfg: Config) -> i32 {
         upstream_cfg: cfg.upstream.clone(),
         trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
         inspect_body_bytes: cfg.limits.inspect_body_bytes,
+        upstream_host: match http::HeaderValue::from_str(cfg.upstream.authority.as_str()) {
+            Ok(h) => h,
+            Err(_) => {
+                eprintln!("{}: the upstream host is not a valid Host header", cfg.path.display());
+                return 1;
+            }
+        },
     });
     log_listening("proxy", &proxy_listener, tls.is_some());
     log_listening("admin", &admin_listener, false);
@@ -103,11 +113,11 @@ async fn serve(cfg: Config) -> i32 {
         let svc = tower::service_fn(move |req| admin::handle(admin_shared.clone(), req));
         server::serve(admin_listener, None, admin_limits, move |_| svc.clone(), admin_stop).await;
     });
-    tokio::spawn(reload::follow(shared.tokens.clone()));
+    tokio::spawn(reload::follow(shared.tokens.clone(), hup));
     tokio::spawn(probe_upstream(shared.clone()));
 
     tokio::spawn(async move {
-        wait_for_stop_signal().await;
+        stop.await;
         tracing::info!("stopping: no new connections; in-flight requests may finish");
         let _ = stop_tx.send(true);
     });
@@ -156,18 +166,31 @@ async fn probe_upstream(shared: Arc<Shared>) {
     }
 }
 
-async fn wait_for_stop_signal() {
+/// SIGTERM or Ctrl-C; registered when called, awaited later.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let term = async {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
+        };
+        let int = async {
+            match int {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = term => {}
+            () = int => {}
         }
-    };
-    tokio::select! {
-        () = term => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

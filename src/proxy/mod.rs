@@ -55,6 +55,8 @@ pub struct Shared {
     pub trusted: TrustedProxies,
     /// `limits.inspect_body_bytes`.
     pub inspect_body_bytes: usize,
+    /// The Host header for the upstream, made once.
+    pub upstream_host: http::HeaderValue,
 }
 
 /// Handles one request from `peer`.
@@ -134,7 +136,7 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
             }
         }
     };
-    let mut record = Box::new(AccessRecord {
+    let mut record = AccessRecord {
         start,
         client: client_for_log,
         token: None,
@@ -143,7 +145,7 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
         action: action_for_log,
         outcome: Outcome::Allowed,
         upstream_status: None,
-    });
+    };
     let name = match decision {
         Ok(name) => name,
         Err((denial, name)) => {
@@ -170,7 +172,7 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
         (None, Some(b)) => Either::Right(Box::pin(b)),
         (None, None) => Either::Left(Full::new(Bytes::new())),
     };
-    rewrite::upstream_headers(&mut parts.headers, &cfg.authority, &resolved, matches!(up_body, Either::Left(_)));
+    rewrite::upstream_headers(&mut parts.headers, &shared.upstream_host, &resolved, matches!(up_body, Either::Left(_)));
     parts.uri = uri;
     parts.version = rewrite::UPSTREAM_VERSION;
     let up_req = Request::from_parts(parts, up_body);
@@ -191,7 +193,7 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
     }
 }
 
-fn own_answer(resp: Response<Bytes>, record: Box<AccessRecord>) -> Response<GatewayBody> {
+fn own_answer(resp: Response<Bytes>, record: AccessRecord) -> Response<GatewayBody> {
     resp.map(|b| Logged::new(Either::Left(Full::new(b)), record))
 }
 

@@ -55,60 +55,64 @@ pub fn upstream_uri(
     query: Option<&str>,
     credential: Option<&UpstreamToken>,
 ) -> Result<Uri, http::Error> {
-    let mut s = String::with_capacity(16 + authority.as_str().len() + raw_path.len() + query.map_or(0, str::len) + 80);
-    s.push_str(scheme.as_str());
-    s.push_str("://");
-    s.push_str(authority.as_str());
+    // Built as bytes and handed to the URI parser without a copy.
+    let mut s: Vec<u8> =
+        Vec::with_capacity(16 + authority.as_str().len() + raw_path.len() + query.map_or(0, str::len) + 80);
+    s.extend_from_slice(scheme.as_str().as_bytes());
+    s.extend_from_slice(b"://");
+    s.extend_from_slice(authority.as_str().as_bytes());
     if path.is_unchanged() {
-        s.push_str(raw_path);
+        s.extend_from_slice(raw_path.as_bytes());
     } else {
-        path.to_upstream(&mut s);
-    }
-    let mut q = Vec::new();
-    if let Some(query) = query {
-        strip_apptoken(query.as_bytes(), &mut q);
-    }
-    if credential.is_some() || !q.is_empty() {
-        s.push('?');
+        let mut encoded = String::new();
+        path.to_upstream(&mut encoded);
+        s.extend_from_slice(encoded.as_bytes());
     }
     if let Some(c) = credential {
-        s.push_str("APPTOKEN=");
+        s.extend_from_slice(b"?APPTOKEN=");
         for b in c.0.bytes() {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                s.push(char::from(b));
+                s.push(b);
             } else {
-                s.push_str(&format!("%{b:02X}"));
+                s.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
             }
         }
-        if !q.is_empty() {
-            s.push('&');
+    }
+    // The caller's query without APPTOKEN: its pieces parsed as a URI before,
+    // so they still are valid URI bytes.
+    if let Some(query) = query {
+        let mark = s.len();
+        s.push(if credential.is_some() { b'&' } else { b'?' });
+        strip_apptoken(query.as_bytes(), &mut s);
+        if s.len() == mark + 1 {
+            s.truncate(mark);
         }
     }
-    // Pieces of a query that parsed as a URI are still valid URI bytes.
-    s.push_str(std::str::from_utf8(&q).unwrap_or(""));
-    Ok(Uri::try_from(s)?)
+    Ok(Uri::from_maybe_shared(bytes::Bytes::from(s))?)
 }
 
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
 /// Rewrites the request headers in place for the upstream.
-pub fn upstream_headers(headers: &mut HeaderMap, authority: &Authority, resolved: &Resolved, body_rebuilt: bool) {
+pub fn upstream_headers(headers: &mut HeaderMap, host: &HeaderValue, resolved: &Resolved, body_rebuilt: bool) {
     drop_hop_by_hop(headers);
     if body_rebuilt {
         // The client sets the length of the rebuilt body.
         headers.remove(header::CONTENT_LENGTH);
     }
-    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-        headers.insert(header::HOST, host);
-    }
+    headers.insert(header::HOST, host.clone());
     headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for(resolved));
 }
 
 fn forwarded_for(r: &Resolved) -> HeaderValue {
-    let mut s = r.client.0.to_string();
+    use std::fmt::Write;
+    let mut s = String::with_capacity(16 + 18 * r.hops.len());
+    let _ = write!(s, "{}", r.client.0);
     for hop in &r.hops {
-        s.push_str(", ");
-        s.push_str(&hop.to_string());
+        let _ = write!(s, ", {hop}");
     }
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    // Addresses are ASCII: valid header bytes, taken without a copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The HTTP version spoken upstream: the pool picks HTTP/2 by ALPN on its own.
@@ -149,7 +153,7 @@ mod tests {
         h.insert("content-length", "10".parse().unwrap());
         h.insert("accept", "*/*".parse().unwrap());
         let r = Resolved { client: ClientIp("192.0.2.1".parse().unwrap()), hops: vec!["10.0.0.1".parse().unwrap()] };
-        upstream_headers(&mut h, &"scanner".parse().unwrap(), &r, true);
+        upstream_headers(&mut h, &HeaderValue::from_static("scanner"), &r, true);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
         assert_eq!(h["host"], "scanner");

@@ -103,7 +103,7 @@ pin_project_lite::pin_project! {
     pub struct Logged<B> {
         #[pin]
         inner: B,
-        record: Option<Box<AccessRecord>>,
+        record: Option<AccessRecord>,
         bytes: u64,
     }
 
@@ -119,7 +119,7 @@ pin_project_lite::pin_project! {
 
 impl<B> Logged<B> {
     /// Wraps `inner`; the line is written once.
-    pub fn new(inner: B, record: Box<AccessRecord>) -> Self {
+    pub fn new(inner: B, record: AccessRecord) -> Self {
         Self { inner, record: Some(record), bytes: 0 }
     }
 }

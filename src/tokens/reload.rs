@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use super::file::{self, Loaded};
@@ -159,11 +160,15 @@ enum Trigger {
 /// rename-saves, a Kubernetes `..data` symlink swap, in-place writes and
 /// delete-then-recreate are all seen), waits for the writes to settle,
 /// reloads when its fingerprint changed, and reloads at once on SIGHUP.
-/// Reloads run one at a time, on a blocking thread.
-pub async fn follow(store: Arc<TokenStore>) {
+/// Reloads run one at a time, on a blocking thread. `hup` must be made
+/// with [`listen_for_sighup`] before the gateway says it is ready, or a
+/// SIGHUP in between would end the process (its default action).
+pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _watcher = watch_folder(&store.path, tx.clone());
-    spawn_sighup(tx);
+    if let Some(hup) = hup {
+        forward_sighup(hup, tx);
+    }
     let mut applied = store.opened;
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -234,18 +239,23 @@ fn watch_folder(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Option<notif
     }
 }
 
-fn spawn_sighup(tx: mpsc::UnboundedSender<Trigger>) {
-    use tokio::signal::unix::{signal, SignalKind};
+/// Takes over SIGHUP from its default action (ending the process).
+pub fn listen_for_sighup() -> Option<Signal> {
     match signal(SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    if tx.send(Trigger::Signal).is_err() {
-                        return;
-                    }
-                }
-            });
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the token file");
+            None
         }
-        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
     }
+}
+
+fn forward_sighup(mut hup: Signal, tx: mpsc::UnboundedSender<Trigger>) {
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send(Trigger::Signal).is_err() {
+                return;
+            }
+        }
+    });
 }

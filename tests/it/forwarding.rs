@@ -251,3 +251,21 @@ fn json_access_log_has_typed_fields() {
     assert!(v["duration_ms"].is_f64(), "{line}");
     assert!(v["bytes"].is_u64(), "{line}");
 }
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits() {
+    let up = MockUpstream::start_with(Reply::Delay(Duration::from_millis(800)));
+    let mut gw = Gateway::start(&up.url(), &standard_tokens().render());
+    let addr = gw.addr;
+    let in_flight = std::thread::spawn(move || {
+        request(addr, "GET", &format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"), &[], b"")
+    });
+    // Wait until the request has reached the upstream, then ask to stop.
+    assert!(poll(Duration::from_secs(5), || (up.count() == 1).then_some(())).is_some());
+    let ok = std::process::Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let r = in_flight.join().unwrap();
+    assert_eq!(r.status, 200, "the request in flight was cut off");
+    let status = gw.wait_exit(Duration::from_secs(10)).expect("the gateway did not exit");
+    assert!(status.success(), "{status:?}");
+}
