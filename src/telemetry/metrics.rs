@@ -183,6 +183,16 @@ impl Collector for Scrape {
             ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
             ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
         }
+        {
+            let dropped = ConstCounter::new(crate::telemetry::log::DROPPED_LINES.load(Ordering::Relaxed));
+            let e = enc.encode_descriptor(
+                "tokengate_log_lines_dropped",
+                "Log lines dropped because the log queue was full (stdout too slow).",
+                None,
+                dropped.metric_type(),
+            )?;
+            dropped.encode(e)?;
+        }
         let gauges: [(&str, &str, f64); 3] = [
             (
                 "tokengate_tokens_loaded",
