@@ -210,8 +210,9 @@ impl fmt::Display for RoutePattern {
     }
 }
 
-/// `*` matches any run of bytes; everything else matches itself. Linear-time
-/// backtracking on the last star, so a hostile path cannot make it slow.
+/// `*` matches any run of bytes; everything else matches itself. Backtracks
+/// only to the last star: O(path × pattern) at worst, with patterns from
+/// the operator's file and paths bounded by the header size limit.
 fn glob_match(pat: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

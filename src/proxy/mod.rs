@@ -181,7 +181,7 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
         Ok((resp, took)) => {
             shared.metrics.upstream_latency(took);
             let (mut parts, body) = resp.into_parts();
-            rewrite::drop_hop_by_hop(&mut parts.headers);
+            rewrite::downstream_headers(&mut parts.headers, cfg.apptoken.as_ref());
             record.upstream_status = Some(parts.status.as_u16());
             Response::from_parts(parts, Logged::new(Either::Right(body), record))
         }

@@ -93,15 +93,54 @@ pub fn upstream_uri(
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
+/// Request headers a client could use to pass itself off as something it is
+/// not (another address, another host or scheme), or to carry a session
+/// that is not the gateway's. The gateway speaks for the client upstream.
+const NOT_FORWARDED: [&str; 5] = ["forwarded", "x-real-ip", "x-forwarded-host", "x-forwarded-proto", "cookie"];
+
 /// Rewrites the request headers in place for the upstream.
 pub fn upstream_headers(headers: &mut HeaderMap, host: &HeaderValue, resolved: &Resolved, body_rebuilt: bool) {
     drop_hop_by_hop(headers);
+    for h in NOT_FORWARDED {
+        headers.remove(h);
+    }
     if body_rebuilt {
         // The client sets the length of the rebuilt body.
         headers.remove(header::CONTENT_LENGTH);
     }
     headers.insert(header::HOST, host.clone());
     headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for(resolved));
+}
+
+/// Answer headers that point the client somewhere, and so may carry the
+/// query the upstream was sent (a servlet container's redirect does).
+const POINTERS: [HeaderName; 4] =
+    [header::LOCATION, header::CONTENT_LOCATION, HeaderName::from_static("refresh"), header::LINK];
+
+/// Rewrites the upstream's answer headers in place for the client: no
+/// hop-by-hop headers, no session cookie of the upstream credential, and the
+/// credential itself not in a redirect.
+pub fn downstream_headers(headers: &mut HeaderMap, credential: Option<&UpstreamToken>) {
+    drop_hop_by_hop(headers);
+    headers.remove(header::SET_COOKIE);
+    let Some(secret) = credential.map(|c| c.0.as_str()).filter(|s| !s.is_empty()) else { return };
+    for name in &POINTERS {
+        if !headers.get_all(name).iter().any(|v| v.as_bytes().windows(secret.len()).any(|w| w == secret.as_bytes())) {
+            continue;
+        }
+        let scrubbed: Vec<HeaderValue> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                let text = String::from_utf8_lossy(v.as_bytes()).replace(secret, "REDACTED");
+                HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("REDACTED"))
+            })
+            .collect();
+        headers.remove(name);
+        for v in scrubbed {
+            headers.append(name.clone(), v);
+        }
+    }
 }
 
 fn forwarded_for(r: &Resolved) -> HeaderValue {
@@ -142,6 +181,18 @@ mod tests {
     }
 
     #[test]
+    fn answers_lose_the_upstream_session_and_credential() {
+        let mut h = HeaderMap::new();
+        h.insert("location", "https://scanner/opi/?APPTOKEN=SECRET&x=1".parse().unwrap());
+        h.insert("set-cookie", "JSESSIONID=abc".parse().unwrap());
+        h.insert("content-type", "text/xml".parse().unwrap());
+        downstream_headers(&mut h, Some(&UpstreamToken("SECRET".into())));
+        assert_eq!(h["location"], "https://scanner/opi/?APPTOKEN=REDACTED&x=1");
+        assert!(h.get("set-cookie").is_none());
+        assert_eq!(h["content-type"], "text/xml");
+    }
+
+    #[test]
     fn headers_lose_hop_by_hop_and_get_forwarded_for() {
         let mut h = HeaderMap::new();
         h.insert("connection", "keep-alive, X-Secret".parse().unwrap());
@@ -152,6 +203,9 @@ mod tests {
         h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         h.insert("content-length", "10".parse().unwrap());
         h.insert("accept", "*/*".parse().unwrap());
+        h.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        h.insert("x-real-ip", "6.6.6.6".parse().unwrap());
+        h.insert("cookie", "JSESSIONID=1".parse().unwrap());
         let r = Resolved { client: ClientIp("192.0.2.1".parse().unwrap()), hops: vec!["10.0.0.1".parse().unwrap()] };
         upstream_headers(&mut h, &HeaderValue::from_static("scanner"), &r, true);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

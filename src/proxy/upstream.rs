@@ -171,9 +171,6 @@ fn classify_cause(e: &(dyn StdError + 'static)) -> UpstreamError {
         return UpstreamError::Tls;
     }
     if let Some(io) = e.downcast_ref::<std::io::Error>() {
-        if io.kind() == std::io::ErrorKind::TimedOut {
-            return UpstreamError::Timeout;
-        }
         if let Some(inner) = io.get_ref() {
             let inner: &(dyn StdError + 'static) = inner;
             return classify_cause(inner);

@@ -277,6 +277,11 @@ impl<'a> Builder<'a> {
         for t in std::mem::take(&mut self.pending) {
             self.add_token(t, true);
         }
+        if self.table.is_empty() && self.table.rights() == 0 && !self.src.has_errors() {
+            // Most likely a write caught at its start (truncated, not yet
+            // written): applying it would revoke every token at once.
+            self.src.error(None, "the token file defines no access right and no token; an empty file is not applied");
+        }
         if self.src.has_errors() {
             return Err(ConfigErrors(self.src.into_errors()));
         }
@@ -428,7 +433,10 @@ impl<'a> Sink<'a> for Builder<'a> {
         }
         let actions = if any { Actions::Any } else { Actions::Listed(actions.into()) };
         let right = Arc::new(AccessRight { name: r.name.as_ref().into(), actions, routes: routes.into() });
-        let index = self.table.add_right(right);
+        let Some(index) = self.table.add_right(right) else {
+            self.src.error(Some(r.span.clone()), "more than 65535 access rights");
+            return;
+        };
         self.rights.insert(r.name.as_ref().into(), index);
     }
 

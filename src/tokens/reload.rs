@@ -4,6 +4,7 @@
 //! error is not applied and the last good table keeps serving.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,10 @@ pub struct TokenStore {
     /// The file's fingerprint just before it was first read, so that an edit
     /// made while the gateway was starting is not missed.
     opened: Option<Fingerprint>,
+    /// Hash of the text last parsed (applied or refused): an event whose file
+    /// reads the same is not reloaded, one whose file differs is, even when
+    /// its fingerprint looks unchanged (coarse timestamps, same size).
+    last_text: std::sync::Mutex<u64>,
 }
 
 impl TokenStore {
@@ -35,9 +40,17 @@ impl TokenStore {
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<(Self, Vec<ConfigError>), ConfigErrors> {
         let states = Arc::new(StateRegistry::default());
         let opened = fingerprint(path);
-        let Loaded { table, warnings } = file::load(path, &states)?;
+        let text = read_stable(path)?;
+        let Loaded { table, warnings } = file::parse(path, &text, &states)?;
         metrics.reload(ReloadOutcome::Success, table.len());
-        let store = Self { current: ArcSwap::from_pointee(table), states, path: path.to_path_buf(), metrics, opened };
+        let store = Self {
+            current: ArcSwap::from_pointee(table),
+            states,
+            path: path.to_path_buf(),
+            metrics,
+            opened,
+            last_text: std::sync::Mutex::new(text_hash(&text)),
+        };
         Ok((store, warnings))
     }
 
@@ -59,8 +72,31 @@ impl TokenStore {
     /// Reads the file again; on success swaps the new table in whole, on
     /// failure keeps the current one and logs every error.
     pub fn reload(&self) -> Result<usize, ConfigErrors> {
+        self.reload_if(|_| true).unwrap_or(Ok(self.current().len()))
+    }
+
+    /// Reads the file; reloads only when its text differs from the text last
+    /// parsed. `None` when it was the same.
+    pub fn reload_if_changed(&self) -> Option<Result<usize, ConfigErrors>> {
+        self.reload_if(|changed| changed)
+    }
+
+    fn reload_if(&self, wanted: impl FnOnce(bool) -> bool) -> Option<Result<usize, ConfigErrors>> {
         let started = Instant::now();
-        let result = read_stable(&self.path).and_then(|text| file::parse(&self.path, &text, &self.states));
+        let text = read_stable(&self.path);
+        if let Ok(text) = &text {
+            let h = text_hash(text);
+            let mut last = self.last_text.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let changed = *last != h;
+            *last = h;
+            if !wanted(changed) {
+                return None;
+            }
+        }
+        Some(self.apply(started, text.and_then(|text| file::parse(&self.path, &text, &self.states))))
+    }
+
+    fn apply(&self, started: Instant, result: Result<file::Loaded, ConfigErrors>) -> Result<usize, ConfigErrors> {
         match result {
             Ok(loaded) => {
                 let n = loaded.table.len();
@@ -146,6 +182,21 @@ fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
 /// How long the file must be left alone before it is read after a change.
 pub const QUIET: Duration = Duration::from_millis(100);
 
+/// Longest wait for the folder to become quiet: a folder that never stops
+/// changing must not hold back a revocation.
+const MAX_QUIET_WAIT: Duration = Duration::from_millis(800);
+
+/// Longest wait for a writer that still has the file open to close it.
+const MAX_OPEN_WAIT: Duration = Duration::from_secs(5);
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(text.as_bytes());
+    h.write_usize(text.len());
+    h.finish()
+}
+
 /// Safety net for missed events (a replaced folder, an event queue overflow).
 const POLL: Duration = Duration::from_millis(1000);
 
@@ -158,18 +209,19 @@ enum Trigger {
 
 /// Follows the token file until the process ends: watches its folder (so
 /// rename-saves, a Kubernetes `..data` symlink swap, in-place writes and
-/// delete-then-recreate are all seen), waits for the writes to settle,
-/// reloads when its fingerprint changed, and reloads at once on SIGHUP.
-/// Reloads run one at a time, on a blocking thread. `hup` must be made
-/// with [`listen_for_sighup`] before the gateway says it is ready, or a
-/// SIGHUP in between would end the process (its default action).
+/// delete-then-recreate are all seen), waits until the folder is quiet and
+/// no writer has the file open, and reloads when the text changed; reloads
+/// at once on SIGHUP. Reloads run one at a time, on a blocking thread.
+/// `hup` must be made with [`listen_for_sighup`] before the gateway says it
+/// is ready, or a SIGHUP in between would end the process (its default).
 pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let _watcher = watch_folder(&store.path, tx.clone());
+    let open_for_write = Arc::new(AtomicBool::new(false));
+    let _watcher = watch_folder(&store.path, tx.clone(), open_for_write.clone());
     if let Some(hup) = hup {
         forward_sighup(hup, tx);
     }
-    let mut applied = store.opened;
+    let mut seen = store.opened;
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -179,52 +231,85 @@ pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>) {
                 Some(Trigger::Changed) => false,
                 None => return,
             },
+            // The safety net for missed events: only the fingerprint, no read.
             _ = poll.tick() => {
-                if fingerprint(&store.path) == applied {
+                if fingerprint(&store.path) == seen {
                     continue;
                 }
                 false
             }
         };
-        // Wait until the folder has been quiet for QUIET (a signal cuts it short).
+        // Wait for quiet (bounded), and for a writer to close the file
+        // (bounded); a signal cuts both short.
+        let started = Instant::now();
         while !signal {
             match tokio::time::timeout(QUIET, rx.recv()).await {
                 Ok(Some(Trigger::Signal)) => signal = true,
-                Ok(Some(Trigger::Changed)) => {}
-                Ok(None) | Err(_) => break,
+                Ok(Some(Trigger::Changed)) if started.elapsed() < MAX_QUIET_WAIT => {}
+                Ok(None) => return,
+                Ok(Some(Trigger::Changed)) | Err(_) => {
+                    if !open_for_write.load(Ordering::Relaxed) || started.elapsed() > MAX_OPEN_WAIT {
+                        break;
+                    }
+                }
             }
         }
         let now = fingerprint(&store.path);
-        if !signal && now == applied {
-            continue;
-        }
         if now.is_none() && !signal {
             // Deleted (perhaps to be re-created): keep serving, wait for it.
-            tracing::warn!(file = %store.path.display(), "token file is gone; the last good table keeps serving");
-            applied = None;
+            if seen.is_some() {
+                tracing::warn!(file = %store.path.display(), "token file is gone; the last good table keeps serving");
+            }
+            seen = None;
             continue;
         }
+        seen = now;
+        let s = store.clone();
         if signal {
             tracing::info!("SIGHUP: reloading the token file");
+            let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+        } else {
+            let _ = tokio::task::spawn_blocking(move || s.reload_if_changed()).await;
         }
-        applied = now;
-        let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
     }
 }
 
-fn watch_folder(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Option<notify::RecommendedWatcher> {
+fn watch_folder(
+    path: &Path,
+    tx: mpsc::UnboundedSender<Trigger>,
+    open_for_write: Arc<AtomicBool>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
     use notify::Watcher;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let name = path.file_name().map(|n| n.to_os_string());
     let handler = move |res: notify::Result<notify::Event>| {
-        // Any event in the folder may be the file; the fingerprint decides.
-        let ok = res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_)));
-        if ok {
+        let Ok(e) = res else {
+            // The kernel's queue overflowed, or similar: look anyway.
             let _ = tx.send(Trigger::Changed);
+            return;
+        };
+        let is_the_file = e.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        match e.kind {
+            // A writer with the file open: wait for it to close it.
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) if is_the_file => {
+                open_for_write.store(true, Ordering::Relaxed);
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) if is_the_file => {
+                open_for_write.store(false, Ordering::Relaxed);
+            }
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) if is_the_file => {
+                open_for_write.store(false, Ordering::Relaxed);
+            }
+            EventKind::Access(_) => return,
+            _ => {}
         }
+        // Any other event in the folder may concern the file (a symlink swap
+        // names `..data`, not the file): the text decides.
+        let _ = tx.send(Trigger::Changed);
     };
     let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
         w.watch(&folder, notify::RecursiveMode::NonRecursive)?;

@@ -292,9 +292,25 @@ impl TableBuilder {
     }
 
     /// Adds an access right; returns its index for [`TableBuilder::insert`].
-    pub fn add_right(&mut self, right: Arc<AccessRight>) -> u16 {
+    pub fn add_right(&mut self, right: Arc<AccessRight>) -> Option<u16> {
+        let index = u16::try_from(self.table.rights.len()).ok()?;
         self.table.rights.push(right);
-        u16::try_from(self.table.rights.len() - 1).unwrap_or(u16::MAX)
+        Some(index)
+    }
+
+    /// How many tokens were added.
+    pub fn len(&self) -> usize {
+        self.table.entries.len()
+    }
+
+    /// Whether no token was added.
+    pub fn is_empty(&self) -> bool {
+        self.table.entries.is_empty()
+    }
+
+    /// How many rights were added.
+    pub fn rights(&self) -> usize {
+        self.table.rights.len()
     }
 
     /// Interns a restriction; identical lists share one.

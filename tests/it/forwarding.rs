@@ -269,3 +269,38 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
     let status = gw.wait_exit(Duration::from_secs(10)).expect("the gateway did not exit");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn the_upstream_credential_and_session_never_come_back_to_the_caller() {
+    let up = MockUpstream::start_with(Reply::Redirect);
+    let gw = Gateway::start(&up.url(), &standard_tokens().render());
+    let r = gw.get(&format!("/opi?APPTOKEN={ADMIN}&X=1"));
+    assert_eq!(r.status, 302);
+    let location = r.header("location").unwrap();
+    assert!(up.last().query().contains(UPSTREAM_TOKEN), "the credential went upstream");
+    assert!(!location.contains(UPSTREAM_TOKEN), "the credential came back: {location}");
+    assert!(location.contains("APPTOKEN=REDACTED&X=1"), "{location}");
+    assert!(r.header("set-cookie").is_none(), "the upstream session came back");
+}
+
+#[test]
+fn spoofable_forwarding_headers_and_cookies_do_not_go_upstream() {
+    let (up, gw) = setup();
+    let r = gw.send(
+        "GET",
+        &format!("/opi/XMLAPI?APPTOKEN={RO}"),
+        &[
+            ("Forwarded", "for=203.0.113.66"),
+            ("X-Real-IP", "203.0.113.66"),
+            ("X-Forwarded-Host", "evil"),
+            ("X-Forwarded-Proto", "https"),
+            ("Cookie", "JSESSIONID=stolen"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let last = up.last();
+    for h in ["forwarded", "x-real-ip", "x-forwarded-host", "x-forwarded-proto", "cookie"] {
+        assert_eq!(last.header(h), None, "{h} reached the upstream");
+    }
+}

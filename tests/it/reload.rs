@@ -199,3 +199,70 @@ fn flipping_versions_under_load_never_mixes_or_fails() {
     eprintln!("{total} requests during 100 rewrites");
     assert!(total > 100);
 }
+
+#[test]
+fn a_writer_that_pauses_mid_write_is_waited_for() {
+    // Version 1: x inactive. Version 2: x active but long expired. A prefix of
+    // version 2 that stops before `expires` would be valid and would let x in.
+    let x = "4444444444444444444444444444444444444444444444444444444444444444";
+    let file = |active: bool, expired: bool| {
+        let t = TokenSpec::new("x", x, "admin");
+        let t = if active { t } else { t.inactive() };
+        let t = if expired { t.expires("2020-01-01T00:00:00Z") } else { t };
+        TokenFile::new().right("admin", &["*"], &["* /*"]).token(t).render()
+    };
+    let (_up, gw) = start(&file(false, false));
+    assert_eq!(status(&gw, x), 403);
+    let full = file(true, true);
+    let cut = full.find("expires").unwrap();
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(gw.path("tokens.toml")).unwrap();
+    f.write_all(&full.as_bytes()[..cut]).unwrap();
+    f.flush().unwrap();
+    // Five quiet periods with the file still open: the prefix must not apply.
+    let deadline = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < deadline {
+        assert_ne!(status(&gw, x), 200, "a half-written file was applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
+    drop(f);
+    let expired = poll(Duration::from_secs(5), || {
+        let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={x}"));
+        (r.errorcode().as_deref() == Some("TOKEN_EXPIRED")).then_some(())
+    });
+    assert!(expired.is_some(), "the finished file was not applied");
+}
+
+#[test]
+fn a_busy_folder_does_not_hold_back_an_edit() {
+    let (_up, gw) = start(&version(true));
+    let dir = gw.dir.path().to_path_buf();
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Another file in the folder, rewritten every 20 ms (bounded).
+            for i in 0..500 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::fs::write(dir.join("other.txt"), i.to_string()).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    rename_save(&gw.path("tokens.toml"), &version(false));
+    let applied = wait_status(&gw, B, 200, Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    noise.join().unwrap();
+    assert!(applied, "the edit waited for the folder to fall quiet");
+}
+
+#[test]
+fn an_emptied_file_is_not_applied() {
+    let (_up, gw) = start(&version(true));
+    std::fs::write(gw.path("tokens.toml"), "").unwrap();
+    gw.wait_log("the refusal", |l| l.contains("an empty file is not applied"));
+    assert_eq!(status(&gw, A), 200);
+}

@@ -47,6 +47,9 @@ pub enum Reply {
     Stream(u64),
     /// Wait this long, then answer Ok.
     Delay(Duration),
+    /// 302 to the same path with a slash, carrying the query it was sent (as
+    /// a servlet container's context-root redirect does), and a session cookie.
+    Redirect,
 }
 
 pub const OK_BODY: &str = "<?xml version=\"1.0\"?><RESPONSE><SUCCESS>true</SUCCESS></RESPONSE>";
@@ -172,9 +175,16 @@ async fn handle(
         seen.lock().unwrap().push(Recorded { method: parts.method.to_string(), target, headers, body });
     }
     let r = reply.lock().unwrap().clone();
+    let redirect_to = format!("{}/?{}", parts.uri.path(), parts.uri.query().unwrap_or(""));
     let resp = match r {
         Reply::Ok => xml(200, OK_BODY),
         Reply::Status(code, body) => xml(code, body),
+        Reply::Redirect => {
+            let mut resp = xml(302, "");
+            resp.headers_mut().insert("location", redirect_to.parse().unwrap());
+            resp.headers_mut().insert("set-cookie", "JSESSIONID=upstream-session; Path=/opi".parse().unwrap());
+            resp
+        }
         Reply::Delay(d) => {
             tokio::time::sleep(d).await;
             xml(200, OK_BODY)
