@@ -50,11 +50,12 @@ pub fn init(format: LogFormat) -> LogGuard {
     };
     let writer = QueueWriter { tx };
     let filter = EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(false);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    let result = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .event_format(super::format::LineFormat { json: format == LogFormat::Json })
+        .try_init();
     // Already installed (a second run in one process, as in tests): keep it.
     drop(result);
     LogGuard { stop, pump }

@@ -2,5 +2,6 @@
 //! the logger itself. Nothing here decides anything.
 
 pub mod access;
+pub mod format;
 pub mod log;
 pub mod metrics;
