@@ -105,7 +105,6 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
         match decide(&table, &asked) {
             Ok(entry) => {
                 let state = entry.state(shared.tokens.states());
-                state.record(ALLOWED, client_for_log, now);
                 let uri = match &asked.path {
                     Ok(path) => rewrite::upstream_uri(
                         &cfg.scheme,
@@ -118,6 +117,10 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
                     .ok(),
                     Err(_) => None,
                 };
+                // Counted as what the caller gets: a target that cannot be
+                // forwarded is refused below.
+                let outcome = if uri.is_some() { ALLOWED } else { Denial::Ambiguous("").index() };
+                state.record(outcome, client_for_log, now);
                 (Ok(state.name.clone()), uri)
             }
             Err(refusal) => {
