@@ -28,7 +28,6 @@ use tokengate::decide::route::CanonicalPath;
 use tokengate::decide::{decide, Asked, BodyCheck};
 use tokengate::proxy::rewrite::{upstream_headers, upstream_uri};
 use tokengate::tokens::file::parse;
-use tokengate::tokens::state::StateRegistry;
 use tokengate::tokens::table::{Token, TokenHash, TokenTable};
 
 /// Table sizes of the decision benches.
@@ -106,7 +105,7 @@ fn token_file(n: usize) -> String {
 
 fn table(n: usize) -> TokenTable {
     let text = token_file(n);
-    match parse(Path::new("bench-tokens.toml"), &text, &StateRegistry::default()) {
+    match parse(Path::new("bench-tokens.toml"), &text) {
         Ok(loaded) => loaded.table,
         Err(e) => panic!("the generated token file does not load: {e:?}"),
     }
@@ -369,11 +368,10 @@ fn bench_tokenfile(c: &mut Criterion) {
     let n = 100_000;
     let text = OnceCell::new();
     g.throughput(Throughput::Elements(n as u64));
-    let states = StateRegistry::default();
     g.bench_function(BenchmarkId::new("parse", n), |b| {
         let text = text.get_or_init(|| token_file(n));
         // The table is dropped outside the measurement.
-        b.iter_with_large_drop(|| parse(Path::new("bench-tokens.toml"), black_box(text), &states))
+        b.iter_with_large_drop(|| parse(Path::new("bench-tokens.toml"), black_box(text)))
     });
     g.finish();
 }

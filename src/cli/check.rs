@@ -4,7 +4,6 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::tokens::file;
-use crate::tokens::state::StateRegistry;
 
 /// Exit 0 when valid, 1 with every error when not.
 pub fn check(config: &Path) -> i32 {
@@ -28,7 +27,7 @@ pub fn check(config: &Path) -> i32 {
         eprintln!("{}: {e}", config.display());
         files_ok = false;
     }
-    match file::load(&cfg.tokens_file, &StateRegistry::default()) {
+    match file::load(&cfg.tokens_file) {
         Ok(_) if !files_ok => 1,
         Ok(loaded) => {
             for w in &loaded.warnings {

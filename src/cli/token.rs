@@ -11,7 +11,6 @@ use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
 use crate::config::Config;
 use crate::tokens::file::{self, parse_cidr, parse_rfc3339};
-use crate::tokens::state::StateRegistry;
 use crate::tokens::table::{Token, TokenHash};
 
 /// `token hash`: a token on stdin, its `token_sha256` on stdout.
@@ -35,7 +34,7 @@ pub fn list(config: &Path) -> i32 {
     let Some(tokens_file) = tokens_file(config) else {
         return 1;
     };
-    let loaded = match file::load(&tokens_file, &StateRegistry::default()) {
+    let loaded = match file::load(&tokens_file) {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
@@ -112,7 +111,7 @@ pub fn new(config: &Path, req: &NewToken<'_>) -> i32 {
         }
     };
     // Refuse to build on a file that is already broken.
-    if let Err(errors) = file::parse(&path, &text, &StateRegistry::default()) {
+    if let Err(errors) = file::parse(&path, &text) {
         eprintln!("{errors}");
         eprintln!("{}: fix these errors first; nothing was changed", path.display());
         return 1;
@@ -176,7 +175,7 @@ pub fn new(config: &Path, req: &NewToken<'_>) -> i32 {
     new_text.push_str(&doc.to_string());
 
     // The edited file must validate as a whole (name taken, unknown right...).
-    if let Err(errors) = file::parse(&path, &new_text, &StateRegistry::default()) {
+    if let Err(errors) = file::parse(&path, &new_text) {
         for e in &errors.0 {
             eprintln!("{}", e.message);
         }

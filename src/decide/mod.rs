@@ -123,7 +123,6 @@ pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<TokenRef<'
 mod tests {
     use super::*;
     use crate::tokens::file::parse;
-    use crate::tokens::state::StateRegistry;
     use std::path::Path;
     use std::time::Duration;
 
@@ -169,7 +168,7 @@ access_right = "probe-only"
 "#;
 
     fn table() -> TokenTable {
-        parse(Path::new("t.toml"), FILE, &StateRegistry::default()).unwrap().table
+        parse(Path::new("t.toml"), FILE).unwrap().table
     }
 
     struct Case {

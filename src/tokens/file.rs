@@ -24,7 +24,6 @@ use serde_spanned::Spanned;
 use toml_edit::{ImDocument, Item};
 
 use super::lines;
-use super::state::StateRegistry;
 use super::table::{AccessRight, Actions, Duplicate, NewToken, TableBuilder, Token, TokenHash, TokenTable};
 use crate::decide::route::RoutePattern;
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
@@ -119,7 +118,7 @@ pub struct Loaded {
 }
 
 /// Reads and validates a token file.
-pub fn load(path: &Path, states: &StateRegistry) -> Result<Loaded, ConfigErrors> {
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -128,13 +127,13 @@ pub fn load(path: &Path, states: &StateRegistry) -> Result<Loaded, ConfigErrors>
             message: format!("cannot read the token file: {e}"),
         }])
     })?;
-    parse(path, &text, states)
+    parse(path, &text)
 }
 
 /// Validates the text of a token file read from `path`.
-pub fn parse(path: &Path, text: &str, states: &StateRegistry) -> Result<Loaded, ConfigErrors> {
-    // Live state is attached lazily, on a token's first request after a load.
-    let _ = states;
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
+    // Live state is not made here: it is attached to an entry on the
+    // token's first request after a load (tokens::table::TokenRef::state).
     let mut fast = Builder::new(Source::new(path, text));
     if lines::scan(text, &mut fast).is_some() {
         return fast.finish();
@@ -494,7 +493,7 @@ access_right = "admin"
 "#;
 
     fn parse_str(text: &str) -> Result<Loaded, ConfigErrors> {
-        parse(Path::new("tokens.toml"), text, &StateRegistry::default())
+        parse(Path::new("tokens.toml"), text)
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl TokenStore {
         let states = Arc::new(StateRegistry::default());
         let opened = fingerprint(path);
         let text = read_stable(path)?;
-        let Loaded { table, warnings } = file::parse(path, &text, &states)?;
+        let Loaded { table, warnings } = file::parse(path, &text)?;
         metrics.reload(ReloadOutcome::Success, table.len());
         let store = Self {
             current: ArcSwap::from_pointee(table),
@@ -93,7 +93,7 @@ impl TokenStore {
                 return None;
             }
         }
-        Some(self.apply(started, text.and_then(|text| file::parse(&self.path, &text, &self.states))))
+        Some(self.apply(started, text.and_then(|text| file::parse(&self.path, &text))))
     }
 
     fn apply(&self, started: Instant, result: Result<file::Loaded, ConfigErrors>) -> Result<usize, ConfigErrors> {
