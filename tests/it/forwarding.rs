@@ -304,3 +304,27 @@ fn spoofable_forwarding_headers_and_cookies_do_not_go_upstream() {
         assert_eq!(last.header(h), None, "{h} reached the upstream");
     }
 }
+
+#[test]
+fn on_one_cpu_the_single_threaded_scheduler_does_the_whole_job() {
+    let up = MockUpstream::start();
+    let mut gw = Gateway::builder(&up.url(), &standard_tokens().render()).one_cpu().start();
+    gw.wait_log("the scheduler choice", |l| l.contains("scheduler=current_thread"));
+    assert_eq!(gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA")).status, 200);
+    assert_eq!(gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=REMOVETARGETDATA")).status, 403);
+    let r = gw.post_form(&format!("/opi/XMLAPI?APPTOKEN={RO}"), "ACTION=SCANNERDATA&LIMIT=1");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().body, b"ACTION=SCANNERDATA&LIMIT=1");
+    // Reloads run beside the requests on the blocking pool.
+    let tokens = standard_tokens().token(TokenSpec::new("late", UNKNOWN, "read-only")).render();
+    let tmp = gw.path("tokens.toml.new");
+    std::fs::write(&tmp, tokens).unwrap();
+    std::fs::rename(&tmp, gw.path("tokens.toml")).unwrap();
+    let ok = poll(Duration::from_secs(5), || {
+        (gw.get(&format!("/opi/XMLAPI?APPTOKEN={UNKNOWN}")).status == 200).then_some(())
+    });
+    assert!(ok.is_some(), "the reload did not apply");
+    let stopped = std::process::Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status().unwrap();
+    assert!(stopped.success());
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+}

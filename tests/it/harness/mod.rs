@@ -145,6 +145,7 @@ pub struct GatewayBuilder {
     timeout: String,
     tokens_path: Option<PathBuf>,
     upstream_extra: String,
+    one_cpu: bool,
 }
 
 impl GatewayBuilder {
@@ -152,6 +153,12 @@ impl GatewayBuilder {
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
+        self
+    }
+    /// Pin the gateway to one CPU (`taskset`), as the load comparison does:
+    /// it then runs its single-threaded scheduler.
+    pub fn one_cpu(mut self) -> Self {
+        self.one_cpu = true;
         self
     }
     /// Extra lines inside `[upstream]`.
@@ -196,7 +203,7 @@ impl GatewayBuilder {
             cfg.push_str("[client_ip]\ntrusted_proxies = []\n");
         }
         std::fs::write(dir.path().join("gateway.toml"), cfg).unwrap();
-        Gateway::spawn(dir)
+        Gateway::spawn(dir, self.one_cpu)
     }
 }
 
@@ -219,6 +226,7 @@ impl Gateway {
             timeout: "5s".into(),
             tokens_path: None,
             upstream_extra: String::new(),
+            one_cpu: false,
         }
     }
 
@@ -227,8 +235,15 @@ impl Gateway {
         Self::builder(upstream_url, tokens_toml).start()
     }
 
-    fn spawn(dir: tempfile::TempDir) -> Gateway {
-        let mut child = Command::new(bin())
+    fn spawn(dir: tempfile::TempDir, one_cpu: bool) -> Gateway {
+        let mut cmd = if one_cpu {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(bin());
+            c
+        } else {
+            Command::new(bin())
+        };
+        let mut child = cmd
             .arg("run")
             .arg("-c")
             .arg(dir.path().join("gateway.toml"))
