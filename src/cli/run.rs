@@ -93,6 +93,11 @@ async fn serve(cfg: Config, scheduler: &'static str) -> i32 {
         upstream_cfg: cfg.upstream.clone(),
         trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
         inspect_body_bytes: cfg.limits.inspect_body_bytes,
+        inspect_budget: crate::proxy::InspectBudget::new(
+            cfg.limits.inspect_body_bytes.saturating_mul(64),
+            // A body waits briefly for room, then gets a clear 503.
+            cfg.limits.body_idle_timeout.min(std::time::Duration::from_secs(1)),
+        ),
         upstream_host: match http::HeaderValue::from_str(cfg.upstream.authority.as_str()) {
             Ok(h) => h,
             Err(_) => {

@@ -55,6 +55,9 @@ pub struct Shared {
     pub trusted: TrustedProxies,
     /// `limits.inspect_body_bytes`.
     pub inspect_body_bytes: usize,
+    /// Bodies being read to decide hold their size here (in KiB), so that
+    /// many at once cannot take all memory: 64 times the inspection limit.
+    pub inspect_budget: InspectBudget,
     /// The Host header for the upstream, made once.
     pub upstream_host: http::HeaderValue,
 }
@@ -67,11 +70,33 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
 
     // A form body is read before deciding: APPTOKEN and ACTION may be in it.
     let kind = body_kind(&parts.headers);
+    let mut _budget = None;
     let (form, body, body_check) = match kind {
-        BodyKind::Form => match read_form(body, shared.inspect_body_bytes).await {
-            Ok(bytes) => (Some(bytes), None, BodyCheck::Fine),
-            Err(check) => (None, None, check),
-        },
+        BodyKind::Form => {
+            let limit = shared.inspect_body_bytes;
+            let Some(permit) = shared.inspect_budget.reserve(&body, limit).await else {
+                let record = AccessRecord {
+                    start,
+                    client: peer.0.to_canonical(),
+                    token: None,
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    action: None,
+                    outcome: Outcome::Busy,
+                    upstream_status: None,
+                };
+                let msg = "The gateway is reading too many request bodies at once; try again";
+                return own_answer(
+                    xmlapi_error(http::StatusCode::SERVICE_UNAVAILABLE, "GATEWAY_BUSY", msg, false),
+                    record,
+                );
+            };
+            _budget = Some(permit);
+            match read_form(body, limit).await {
+                Ok(bytes) => (Some(bytes), None, BodyCheck::Fine),
+                Err(check) => (None, None, check),
+            }
+        }
         BodyKind::Opaque => (None, Some(body), BodyCheck::Fine),
         BodyKind::Refused(why) => (None, None, BodyCheck::Refused(why)),
     };
@@ -198,6 +223,28 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
 
 fn own_answer(resp: Response<Bytes>, record: AccessRecord) -> Response<GatewayBody> {
     resp.map(|b| Logged::new(Either::Left(Full::new(b)), record))
+}
+
+/// The memory that bodies read before deciding may take together.
+pub struct InspectBudget {
+    kib: Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
+}
+
+impl InspectBudget {
+    /// Room for `total_bytes`; a body waits at most `wait` for its share.
+    pub fn new(total_bytes: usize, wait: std::time::Duration) -> Self {
+        let kib = (total_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Self { kib: Arc::new(tokio::sync::Semaphore::new(kib)), wait }
+    }
+
+    /// Reserves what `body` may take (its length, or the limit when unknown),
+    /// waiting for room; `None` when there was none in time.
+    async fn reserve(&self, body: &ClientBody, limit: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let bytes = body.size_hint().upper().map_or(limit as u64, |u| u.min(limit as u64));
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await.ok()?.ok()
+    }
 }
 
 /// Reads a form body up to `limit` bytes.

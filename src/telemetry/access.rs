@@ -24,6 +24,8 @@ pub enum Outcome {
     Denied(Denial),
     /// Allowed, but the upstream failed (502/504).
     UpstreamFailed(&'static str),
+    /// Not decided: the gateway had no room to read the body (503).
+    Busy,
 }
 
 impl Outcome {
@@ -31,7 +33,7 @@ impl Outcome {
     pub fn decision(self) -> &'static str {
         match self {
             Outcome::Allowed | Outcome::UpstreamFailed(_) => "allowed",
-            Outcome::Denied(_) => "denied",
+            Outcome::Denied(_) | Outcome::Busy => "denied",
         }
     }
 
@@ -41,6 +43,7 @@ impl Outcome {
             Outcome::Allowed => "ok",
             Outcome::Denied(d) => d.code(),
             Outcome::UpstreamFailed(why) => why,
+            Outcome::Busy => "GATEWAY_BUSY",
         }
     }
 }

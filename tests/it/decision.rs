@@ -171,3 +171,40 @@ fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     assert_eq!(r.status, 200);
     assert_eq!(up.last().headers_named("x-forwarded-for"), vec!["127.0.0.1"]);
 }
+
+#[test]
+fn bodies_read_to_decide_share_a_bounded_budget() {
+    // inspect_body_bytes = 1 KiB: room for 64 such bodies at once.
+    let up = MockUpstream::start();
+    let gw = Gateway::builder(&up.url(), &standard_tokens().render())
+        .extra("[limits]\ninspect_body_bytes = 1024\nbody_idle_timeout = \"5s\"")
+        .start();
+    use std::io::Write;
+    // 64 clients announce a 1000-byte form body and send only part of it.
+    let mut holders = Vec::new();
+    for _ in 0..64 {
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        write!(
+            s,
+            "POST /opi/XMLAPI?APPTOKEN={RO} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nACTION=TARGETDATA&PAD="
+        )
+        .unwrap();
+        holders.push(s);
+    }
+    // Once the gateway has taken them in, the budget is full: the next body
+    // waits (up to a second), then gets a clear 503.
+    let busy = poll(std::time::Duration::from_secs(10), || {
+        let r = gw.post_form(&format!("/opi/XMLAPI?APPTOKEN={RO}"), "ACTION=TARGETDATA");
+        (r.status == 503).then_some(r)
+    })
+    .expect("the budget never filled");
+    assert_eq!(busy.errorcode().as_deref(), Some("GATEWAY_BUSY"), "{}", busy.text());
+    // GETs, which read no body, are not held up.
+    assert_eq!(gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA")).status, 200);
+    // The stalled bodies time out and give their room back.
+    drop(holders);
+    let ok = poll(std::time::Duration::from_secs(10), || {
+        (gw.post_form(&format!("/opi/XMLAPI?APPTOKEN={RO}"), "ACTION=TARGETDATA").status == 200).then_some(())
+    });
+    assert!(ok.is_some(), "the budget was not given back");
+}
