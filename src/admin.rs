@@ -29,12 +29,23 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the upstream has not answered yet\n".into())
             }
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.render(shared.tokens.states()),
-        ),
-        "/tokens" => text(StatusCode::OK, "application/json", tokens_json(&shared)),
+        // Both walk every token: built on the blocking pool, so a large
+        // table does not hold up requests (one CPU: one scheduler thread).
+        "/metrics" => {
+            let s = shared.clone();
+            let body = tokio::task::spawn_blocking(move || s.metrics.render(s.tokens.states())).await;
+            match body {
+                Ok(b) => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", b),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "metrics failed\n".into()),
+            }
+        }
+        "/tokens" => {
+            let s = shared.clone();
+            match tokio::task::spawn_blocking(move || tokens_json(&s)).await {
+                Ok(b) => text(StatusCode::OK, "application/json", b),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "tokens failed\n".into()),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: /metrics /healthz /readyz /tokens\n".into()),
     })
 }
