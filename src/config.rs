@@ -245,11 +245,20 @@ impl Config {
             let apptoken = u.apptoken_file.as_ref().and_then(|f| {
                 let p = resolve(f.get_ref());
                 match std::fs::read_to_string(&p) {
-                    Ok(s) if !s.trim().is_empty() && !s.trim().contains(char::is_whitespace) => {
+                    // Unreserved characters only: the credential then reads
+                    // the same in a query as in the file, so it can be found
+                    // and written over wherever an answer would echo it.
+                    Ok(s)
+                        if !s.trim().is_empty()
+                            && s.trim().bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) =>
+                    {
                         Some(UpstreamToken(s.trim().to_string()))
                     }
                     Ok(_) => {
-                        src.error(Some(f.span()), format!("{} must hold one token and nothing else", p.display()));
+                        src.error(
+                            Some(f.span()),
+                            format!("{} must hold one token and nothing else (letters, digits, - . _ ~)", p.display()),
+                        );
                         None
                     }
                     Err(e) => {

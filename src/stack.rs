@@ -13,7 +13,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::decide::client_ip::PeerAddr;
 use crate::denial::xmlapi_error;
@@ -37,13 +36,12 @@ pub fn proxy(
         // shape; the connection, the process and every other request go on.
         // The panic message is not sent: it could quote request data.
         .layer(CatchPanicLayer::custom(panic_answer))
-        // A client that stalls between two pieces of its body is cut off,
-        // so it cannot hold a connection slot and a buffer forever.
-        .layer(RequestBodyTimeoutLayer::new(body_idle_timeout))
-        // Decide, then refuse or forward (interface.md §5, §6).
+        // Decide, then refuse or forward (interface.md §5, §6). The body's
+        // idle timeout is put on in `handle`, after it has looked at the
+        // body's size (the timeout wrapper hides it).
         .service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(shared, peer, req).await) }
+            async move { Ok::<_, Infallible>(handle(shared, peer, body_idle_timeout, req).await) }
         });
     svc
 }

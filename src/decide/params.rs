@@ -145,8 +145,16 @@ fn classify_unicode(raw: &[u8]) -> Name {
         let ascii = if c.is_ascii() {
             Some(c)
         } else {
+            // Java maps one character to one: a lower case that starts with
+            // an ASCII letter (İ -> i + combining dot), or an upper case that
+            // is a single ASCII letter (ı -> I, ſ -> S; not ß -> SS).
             let lower = c.to_lowercase().next().filter(char::is_ascii_alphabetic);
-            lower.or_else(|| c.to_uppercase().next().filter(char::is_ascii_alphabetic))
+            let mut upper = c.to_uppercase();
+            let single_upper = match (upper.next(), upper.next()) {
+                (Some(u), None) if u.is_ascii_alphabetic() => Some(u),
+                _ => None,
+            };
+            lower.or(single_upper)
         };
         match ascii {
             Some(a) => folded.push(a.to_ascii_lowercase() as u8),

@@ -63,18 +63,29 @@ pub struct Shared {
 }
 
 /// Handles one request from `peer`.
-pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody>) -> Response<GatewayBody> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: PeerAddr,
+    body_idle_timeout: std::time::Duration,
+    req: Request<Incoming>,
+) -> Response<GatewayBody> {
     let start = Instant::now();
     let now = SystemTime::now();
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
+    // What the body's framing says, before the idle timeout hides it: a
+    // client that stalls between two pieces of its body is cut off, so it
+    // cannot hold a connection slot and a buffer forever.
+    let no_body = incoming.is_end_stream();
+    let announced = incoming.size_hint().upper();
+    let body = TimeoutBody::new(body_idle_timeout, incoming);
 
     // A form body is read before deciding: APPTOKEN and ACTION may be in it.
     let kind = body_kind(&parts.headers);
-    let mut _budget = None;
+    let mut budget = None;
     let (form, body, body_check) = match kind {
         BodyKind::Form => {
             let limit = shared.inspect_body_bytes;
-            let Some(permit) = shared.inspect_budget.reserve(&body, limit).await else {
+            let Some(permit) = shared.inspect_budget.reserve(announced, limit).await else {
                 let record = AccessRecord {
                     start,
                     client: peer.0.to_canonical(),
@@ -91,8 +102,8 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
                     record,
                 );
             };
-            _budget = Some(permit);
-            match read_form(body, limit).await {
+            budget = Some(permit);
+            match read_form(body, announced, limit).await {
                 Ok(bytes) => (Some(bytes), None, BodyCheck::Fine),
                 Err(check) => (None, None, check),
             }
@@ -196,7 +207,7 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
             crate::decide::params::strip_apptoken(&f, &mut stripped);
             Either::Left(Full::new(Bytes::from(stripped)))
         }
-        (None, Some(b)) if b.is_end_stream() => Either::Left(Full::new(Bytes::new())),
+        (None, Some(_)) if no_body => Either::Left(Full::new(Bytes::new())),
         (None, Some(b)) => Either::Right(Box::pin(b)),
         (None, None) => Either::Left(Full::new(Bytes::new())),
     };
@@ -204,6 +215,9 @@ pub async fn handle(shared: Arc<Shared>, peer: PeerAddr, req: Request<ClientBody
     parts.uri = uri;
     parts.version = rewrite::UPSTREAM_VERSION;
     let up_req = Request::from_parts(parts, up_body);
+    // The body has been read and decided on: its room goes back before the
+    // (possibly slow) upstream, so only reading is bounded by the budget.
+    drop(budget);
 
     match shared.upstream.send(up_req).await {
         Ok((resp, took)) => {
@@ -240,16 +254,16 @@ impl InspectBudget {
 
     /// Reserves what `body` may take (its length, or the limit when unknown),
     /// waiting for room; `None` when there was none in time.
-    async fn reserve(&self, body: &ClientBody, limit: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let bytes = body.size_hint().upper().map_or(limit as u64, |u| u.min(limit as u64));
+    async fn reserve(&self, announced: Option<u64>, limit: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let bytes = announced.map_or(limit as u64, |u| u.min(limit as u64));
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await.ok()?.ok()
     }
 }
 
 /// Reads a form body up to `limit` bytes.
-async fn read_form(body: ClientBody, limit: usize) -> Result<Bytes, BodyCheck> {
-    if body.size_hint().lower() > limit as u64 {
+async fn read_form(body: ClientBody, announced: Option<u64>, limit: usize) -> Result<Bytes, BodyCheck> {
+    if announced.is_some_and(|n| n > limit as u64) {
         return Err(BodyCheck::TooLarge);
     }
     match Limited::new(body, limit).collect().await {

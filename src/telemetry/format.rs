@@ -75,7 +75,7 @@ impl Fields<'_> {
         self.key(field);
         if self.json {
             json_str(self.line, value);
-        } else if field.name() == "message" || is_plain(value) {
+        } else if is_plain(value) || (field.name() == "message" && !value.contains(|c: char| c.is_control())) {
             self.line.push_str(value);
         } else {
             let _ = write!(self.line, "{value:?}");
@@ -100,7 +100,12 @@ impl Visit for Fields<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        if value.is_finite() {
+            let _ = write!(self.line, "{value}");
+        } else {
+            // Not a JSON number.
+            self.line.push_str("null");
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {

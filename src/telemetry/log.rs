@@ -30,9 +30,16 @@ pub struct LogGuard {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
+        // At most a second: a stdout nobody reads must not keep the process.
         if let Some(p) = self.pump.take() {
-            let _ = p.join();
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while !p.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if p.is_finished() {
+                let _ = p.join();
+            }
         }
     }
 }
@@ -66,7 +73,7 @@ fn pump(rx: &Receiver<Vec<u8>>, stop: &AtomicBool) {
     loop {
         // Checked before draining, so the last drain sees every line sent
         // before the stop.
-        let stopping = stop.load(Ordering::Relaxed);
+        let stopping = stop.load(Ordering::Acquire);
         let mut wrote = false;
         while let Ok(line) = rx.try_recv() {
             let _ = out.write_all(&line);

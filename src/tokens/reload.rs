@@ -248,7 +248,12 @@ pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>) {
                 Ok(Some(Trigger::Changed)) if started.elapsed() < MAX_QUIET_WAIT => {}
                 Ok(None) => return,
                 Ok(Some(Trigger::Changed)) | Err(_) => {
-                    if !open_for_write.load(Ordering::Relaxed) || started.elapsed() > MAX_OPEN_WAIT {
+                    if !open_for_write.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if started.elapsed() > MAX_OPEN_WAIT {
+                        // A close event may have been lost: do not wait again.
+                        open_for_write.store(false, Ordering::Relaxed);
                         break;
                     }
                 }
@@ -305,6 +310,8 @@ fn watch_folder(
                 open_for_write.store(false, Ordering::Relaxed);
             }
             EventKind::Access(_) => return,
+            // The kernel's queue overflowed: what was open may have closed.
+            EventKind::Other => open_for_write.store(false, Ordering::Relaxed),
             _ => {}
         }
         // Any other event in the folder may concern the file (a symlink swap

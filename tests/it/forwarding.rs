@@ -112,6 +112,9 @@ fn hop_by_hop_headers_are_dropped_and_forwarding_headers_set() {
         assert_eq!(last.header(h), None, "{h} reached the upstream");
     }
     assert_eq!(last.header("x-keep-me"), Some("yes"));
+    // A GET without a body goes up without one (no chunked framing).
+    assert_eq!(last.header("transfer-encoding"), None);
+    assert!(last.body.is_empty());
     assert_eq!(last.headers_named("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(last.header("host"), Some(up.addr.to_string().as_str()));
 }
