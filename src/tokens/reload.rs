@@ -217,7 +217,10 @@ enum Trigger {
 pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let open_for_write = Arc::new(AtomicBool::new(false));
-    let _watcher = watch_folder(&store.path, tx.clone(), open_for_write.clone());
+    // Set by events that name the file (or a Kubernetes `..` entry): only
+    // then is the text read when the fingerprint looks unchanged.
+    let named = Arc::new(AtomicBool::new(false));
+    let _watcher = watch_folder(&store.path, tx.clone(), open_for_write.clone(), named.clone());
     if let Some(hup) = hup {
         forward_sighup(hup, tx);
     }
@@ -268,6 +271,14 @@ pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>) {
             seen = None;
             continue;
         }
+        // Events elsewhere in the folder (an editor's swap file) with the
+        // file's fingerprint unchanged: nothing to read. An event naming the
+        // file is read anyway: a same-size edit within one timestamp tick
+        // leaves the fingerprint as it was.
+        let was_named = named.swap(false, Ordering::Relaxed);
+        if !signal && now == seen && !was_named {
+            continue;
+        }
         seen = now;
         let s = store.clone();
         if signal {
@@ -283,6 +294,7 @@ fn watch_folder(
     path: &Path,
     tx: mpsc::UnboundedSender<Trigger>,
     open_for_write: Arc<AtomicBool>,
+    named: Arc<AtomicBool>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
     use notify::Watcher;
@@ -294,10 +306,15 @@ fn watch_folder(
     let handler = move |res: notify::Result<notify::Event>| {
         let Ok(e) = res else {
             // The kernel's queue overflowed, or similar: look anyway.
+            named.store(true, Ordering::Relaxed);
             let _ = tx.send(Trigger::Changed);
             return;
         };
         let is_the_file = e.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        let is_k8s_swap = e.paths.iter().any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("..")));
+        if is_the_file || is_k8s_swap {
+            named.store(true, Ordering::Relaxed);
+        }
         match e.kind {
             // A writer with the file open: wait for it to close it.
             EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) if is_the_file => {
@@ -311,7 +328,10 @@ fn watch_folder(
             }
             EventKind::Access(_) => return,
             // The kernel's queue overflowed: what was open may have closed.
-            EventKind::Other => open_for_write.store(false, Ordering::Relaxed),
+            EventKind::Other => {
+                open_for_write.store(false, Ordering::Relaxed);
+                named.store(true, Ordering::Relaxed);
+            }
             _ => {}
         }
         // Any other event in the folder may concern the file (a symlink swap
