@@ -33,16 +33,6 @@ impl TrustedProxies {
     fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(&ip))
     }
-
-    /// Whether no proxy is trusted (X-Forwarded-For is never read).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// Maps IPv4-mapped IPv6 to IPv4, so each address has one spelling.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
 }
 
 /// Maps `::ffff:a.b.c.d/n` (n >= 96) to `a.b.c.d/(n-96)`.
@@ -76,7 +66,7 @@ pub fn resolve<'h>(
     xff: impl DoubleEndedIterator<Item = &'h HeaderValue>,
     trusted: &TrustedProxies,
 ) -> Result<Resolved, BadForwardedFor> {
-    let peer = canonical_ip(peer.0);
+    let peer = peer.0.to_canonical();
     if !trusted.trusts(peer) {
         return Ok(Resolved { client: ClientIp(peer), hops: Vec::new() });
     }
@@ -89,7 +79,7 @@ pub fn resolve<'h>(
                 continue;
             }
             let ip: IpAddr = entry.parse().map_err(|_| BadForwardedFor)?;
-            let ip = canonical_ip(ip);
+            let ip = ip.to_canonical();
             if !trusted.trusts(ip) {
                 hops.reverse();
                 return Ok(Resolved { client: ClientIp(ip), hops });

@@ -3,6 +3,9 @@
 //! metrics: everything it needs is in [`Asked`].
 
 pub mod client_ip;
+mod escape;
+
+pub(crate) use escape::hex_val;
 pub mod params;
 pub mod route;
 

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::HeaderMap;
 
-use super::route::hex_val;
+use super::escape::unescape;
 
 /// A parameter that was found zero, one or several times.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -95,25 +95,9 @@ fn split_piece(piece: &[u8]) -> (&[u8], &[u8]) {
 pub fn classify(raw: &[u8]) -> Result<Name, Malformed> {
     let mut buf = [0u8; 8];
     let mut n = 0usize;
-    let mut i = 0;
     let mut non_ascii = false;
-    while i < raw.len() {
-        let b = match raw[i] {
-            b'%' => {
-                let h = raw.get(i + 1).and_then(|&c| hex_val(c)).ok_or(Malformed)?;
-                let l = raw.get(i + 2).and_then(|&c| hex_val(c)).ok_or(Malformed)?;
-                i += 3;
-                h << 4 | l
-            }
-            b'+' => {
-                i += 1;
-                b' '
-            }
-            c => {
-                i += 1;
-                c
-            }
-        };
+    for b in unescape(raw, true) {
+        let b = b.ok_or(Malformed)?;
         non_ascii |= b >= 0x80;
         if n < buf.len() {
             buf[n] = b.to_ascii_lowercase();
@@ -173,27 +157,7 @@ pub fn decode(raw: &[u8]) -> Result<Cow<'_, [u8]>, Malformed> {
     if !raw.iter().any(|&b| b == b'%' || b == b'+') {
         return Ok(Cow::Borrowed(raw));
     }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'%' => {
-                let h = raw.get(i + 1).and_then(|&c| hex_val(c)).ok_or(Malformed)?;
-                let l = raw.get(i + 2).and_then(|&c| hex_val(c)).ok_or(Malformed)?;
-                out.push(h << 4 | l);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    Ok(Cow::Owned(out))
+    unescape(raw, true).collect::<Option<Vec<u8>>>().map(Cow::Owned).ok_or(Malformed)
 }
 
 /// Copies `input` (a query or form body) to `out` without its APPTOKEN

@@ -14,6 +14,8 @@ use std::fmt;
 
 use http::Method;
 
+use super::escape::unescape;
+
 /// The XMLAPI endpoint, as the scanner maps it.
 pub const XMLAPI_PATH: &str = "/opi/XMLAPI";
 
@@ -134,34 +136,9 @@ fn is_pchar_or_slash(c: char) -> bool {
 }
 
 fn percent_decode_path(seg: &str) -> Result<Vec<u8>, NotCanonical> {
-    let b = seg.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hi = b.get(i + 1).and_then(|&c| hex_val(c));
-            let lo = b.get(i + 2).and_then(|&c| hex_val(c));
-            match (hi, lo) {
-                (Some(h), Some(l)) => out.push(h << 4 | l),
-                _ => return Err(NotCanonical("the path has a malformed percent-escape")),
-            }
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Ok(out)
-}
-
-/// The value of one hex digit.
-pub(crate) fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    unescape(seg.as_bytes(), false)
+        .collect::<Option<Vec<u8>>>()
+        .ok_or(NotCanonical("the path has a malformed percent-escape"))
 }
 
 /// One `METHOD PATH-GLOB` entry of an access right's `routes`.

@@ -44,8 +44,8 @@ impl TokenHash {
         }
         let mut out = [0u8; 32];
         for (i, pair) in b.chunks_exact(2).enumerate() {
-            let h = crate::decide::route::hex_val(pair[0])?;
-            let l = crate::decide::route::hex_val(pair[1])?;
+            let h = crate::decide::hex_val(pair[0])?;
+            let l = crate::decide::hex_val(pair[1])?;
             out[i] = h << 4 | l;
         }
         Some(Self(out))
@@ -296,11 +296,6 @@ impl TableBuilder {
         let index = u16::try_from(self.table.rights.len()).ok()?;
         self.table.rights.push(right);
         Some(index)
-    }
-
-    /// How many tokens were added.
-    pub fn len(&self) -> usize {
-        self.table.entries.len()
     }
 
     /// Whether no token was added.
