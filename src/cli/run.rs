@@ -130,6 +130,7 @@ async fn serve(cfg: Config, scheduler: &'static str) -> i32 {
     });
     tokio::spawn(reload::follow(shared.tokens.clone(), hup));
     tokio::spawn(probe_upstream(shared.clone()));
+    tokio::spawn(crate::proxy::upstream::Upstream::close_idle(shared.upstream.pool()));
 
     tokio::spawn(async move {
         stop.await;
@@ -171,7 +172,7 @@ fn log_listening(what: &str, l: &TcpListener, tls: bool) {
 async fn probe_upstream(shared: Arc<Shared>) {
     let mut wait = Duration::from_millis(200);
     while !shared.metrics.upstream_ready() {
-        if shared.upstream.probe(&shared.upstream_cfg.scheme, &shared.upstream_cfg.authority).await {
+        if shared.upstream.probe(&shared.upstream_host).await {
             shared.metrics.mark_upstream_ready();
             tracing::info!("the upstream answered");
             return;

@@ -34,12 +34,12 @@ use upstream::Upstream;
 pub type ClientBody = TimeoutBody<Incoming>;
 
 /// What is sent upstream: a rebuilt form body (or none), or the client's
-/// streaming on (boxed: the pooled client needs `Unpin`).
+/// streaming on (boxed: the connection's dispatcher needs `Unpin`).
 pub type UpstreamBody = Either<Full<Bytes>, Pin<Box<ClientBody>>>;
 
 /// What the client gets: the gateway's own answer or the upstream's, counted
 /// for the access log.
-pub type GatewayBody = Logged<Either<Full<Bytes>, Incoming>>;
+pub type GatewayBody = Logged<Either<Full<Bytes>, upstream::Answer>>;
 
 /// Everything a request needs that outlives it.
 pub struct Shared {
@@ -142,15 +142,7 @@ pub async fn handle(
             Ok(entry) => {
                 let state = entry.state(shared.tokens.states());
                 let uri = match &asked.path {
-                    Ok(path) => rewrite::upstream_uri(
-                        &cfg.scheme,
-                        &cfg.authority,
-                        raw_path,
-                        path,
-                        parts.uri.query(),
-                        cfg.apptoken.as_ref(),
-                    )
-                    .ok(),
+                    Ok(path) => rewrite::upstream_uri(raw_path, path, parts.uri.query(), cfg.apptoken.as_ref()).ok(),
                     Err(_) => None,
                 };
                 // Counted as what the caller gets: a target that cannot be

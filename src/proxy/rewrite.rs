@@ -5,62 +5,80 @@
 //! query and body stays as the caller sent it.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
 use http::{Uri, Version};
 
 use crate::config::UpstreamToken;
 use crate::decide::client_ip::Resolved;
 use crate::decide::params::strip_apptoken;
 use crate::decide::route::CanonicalPath;
+use crate::telemetry::format::push_ip;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual legacy ones).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
+/// What the rewrite does with a header, by name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Keep,
+    /// Hop-by-hop (RFC 9110 §7.6.1 and the usual legacy ones): never passed on.
+    HopByHop,
+    /// A request header a client could use to pass itself off as something
+    /// it is not (another address, host or scheme), or to carry a session
+    /// that is not the gateway's: the gateway speaks for the client upstream.
+    Impersonating,
+    /// An answer's cookie: the upstream's session of the gateway's credential.
+    SetCookie,
+    /// An answer header that points the client somewhere, and so may carry
+    /// the query the upstream was sent (a servlet container's redirect does).
+    Pointer,
+}
 
-/// Removes hop-by-hop headers and every header the `Connection` header names.
-pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+fn class(name: &HeaderName) -> Class {
+    match name.as_str() {
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "te"
+        | "trailer"
+        | "transfer-encoding"
+        | "upgrade"
+        | "proxy-authorization" => Class::HopByHop,
+        "forwarded" | "x-real-ip" | "x-forwarded-host" | "x-forwarded-proto" | "cookie" => Class::Impersonating,
+        "set-cookie" => Class::SetCookie,
+        "location" | "content-location" | "refresh" | "link" => Class::Pointer,
+        _ => Class::Keep,
+    }
+}
+
+/// Removes every header `drop` says so of, and every header the
+/// `Connection` header names. One pass over the names when there is
+/// nothing to remove, which is the usual case.
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(Class) -> bool) {
+    if !headers.keys().any(|k| drop(class(k))) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|k| drop(class(k))).cloned().collect();
+    doomed.extend(
+        headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+    );
+    for n in doomed {
+        headers.remove(n);
     }
 }
 
-/// The upstream URI: scheme and authority of the upstream, the canonical path
-/// that was matched, and the caller's query without APPTOKEN, with the
-/// upstream's credential first.
+/// The upstream request target, in origin form (the Host header names the
+/// upstream): the canonical path that was matched, and the caller's query
+/// without APPTOKEN, with the upstream's credential first.
 pub fn upstream_uri(
-    scheme: &Scheme,
-    authority: &Authority,
     raw_path: &str,
     path: &CanonicalPath<'_>,
     query: Option<&str>,
     credential: Option<&UpstreamToken>,
 ) -> Result<Uri, http::Error> {
     // Built as bytes and handed to the URI parser without a copy.
-    let mut s: Vec<u8> =
-        Vec::with_capacity(16 + authority.as_str().len() + raw_path.len() + query.map_or(0, str::len) + 80);
-    s.extend_from_slice(scheme.as_str().as_bytes());
-    s.extend_from_slice(b"://");
-    s.extend_from_slice(authority.as_str().as_bytes());
+    let mut s: Vec<u8> = Vec::with_capacity(raw_path.len() + query.map_or(0, str::len) + 80);
     if path.is_unchanged() {
         s.extend_from_slice(raw_path.as_bytes());
     } else {
@@ -93,17 +111,9 @@ pub fn upstream_uri(
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Request headers a client could use to pass itself off as something it is
-/// not (another address, another host or scheme), or to carry a session
-/// that is not the gateway's. The gateway speaks for the client upstream.
-const NOT_FORWARDED: [&str; 5] = ["forwarded", "x-real-ip", "x-forwarded-host", "x-forwarded-proto", "cookie"];
-
 /// Rewrites the request headers in place for the upstream.
 pub fn upstream_headers(headers: &mut HeaderMap, host: &HeaderValue, resolved: &Resolved, body_rebuilt: bool) {
-    drop_hop_by_hop(headers);
-    for h in NOT_FORWARDED {
-        headers.remove(h);
-    }
+    remove_where(headers, |c| matches!(c, Class::HopByHop | Class::Impersonating));
     if body_rebuilt {
         // The client sets the length of the rebuilt body.
         headers.remove(header::CONTENT_LENGTH);
@@ -112,31 +122,27 @@ pub fn upstream_headers(headers: &mut HeaderMap, host: &HeaderValue, resolved: &
     headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for(resolved));
 }
 
-/// Answer headers that point the client somewhere, and so may carry the
-/// query the upstream was sent (a servlet container's redirect does).
-const POINTERS: [HeaderName; 4] =
-    [header::LOCATION, header::CONTENT_LOCATION, HeaderName::from_static("refresh"), header::LINK];
-
 /// Rewrites the upstream's answer headers in place for the client: no
 /// hop-by-hop headers, no session cookie of the upstream credential, and the
 /// credential itself not in a redirect.
 pub fn downstream_headers(headers: &mut HeaderMap, credential: Option<&UpstreamToken>) {
-    drop_hop_by_hop(headers);
-    headers.remove(header::SET_COOKIE);
+    remove_where(headers, |c| matches!(c, Class::HopByHop | Class::SetCookie));
     let Some(secret) = credential.map(|c| c.0.as_str()).filter(|s| !s.is_empty()) else { return };
-    for name in &POINTERS {
-        if !headers.get_all(name).iter().any(|v| v.as_bytes().windows(secret.len()).any(|w| w == secret.as_bytes())) {
-            continue;
-        }
+    let carries = |v: &HeaderValue| v.as_bytes().windows(secret.len()).any(|w| w == secret.as_bytes());
+    let mut pointers: Vec<HeaderName> =
+        headers.iter().filter(|(k, v)| class(k) == Class::Pointer && carries(v)).map(|(k, _)| k.clone()).collect();
+    // A name's values come one after another.
+    pointers.dedup();
+    for name in pointers {
         let scrubbed: Vec<HeaderValue> = headers
-            .get_all(name)
+            .get_all(&name)
             .iter()
             .map(|v| {
                 let text = String::from_utf8_lossy(v.as_bytes()).replace(secret, "REDACTED");
                 HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("REDACTED"))
             })
             .collect();
-        headers.remove(name);
+        headers.remove(&name);
         for v in scrubbed {
             headers.append(name.clone(), v);
         }
@@ -144,17 +150,17 @@ pub fn downstream_headers(headers: &mut HeaderMap, credential: Option<&UpstreamT
 }
 
 fn forwarded_for(r: &Resolved) -> HeaderValue {
-    use std::fmt::Write;
     let mut s = String::with_capacity(16 + 18 * r.hops.len());
-    let _ = write!(s, "{}", r.client.0);
+    push_ip(&mut s, r.client.0);
     for hop in &r.hops {
-        let _ = write!(s, ", {hop}");
+        s.push_str(", ");
+        push_ip(&mut s, *hop);
     }
     // Addresses are ASCII: valid header bytes, taken without a copy.
     HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// The HTTP version spoken upstream: the pool picks HTTP/2 by ALPN on its own.
+/// The HTTP version spoken upstream.
 pub const UPSTREAM_VERSION: Version = Version::HTTP_11;
 
 #[cfg(test)]
@@ -165,19 +171,16 @@ mod tests {
     fn uri(path: &str, query: Option<&str>, cred: Option<&str>) -> String {
         let p = CanonicalPath::parse(path).unwrap();
         let c = cred.map(|c| UpstreamToken(c.into()));
-        upstream_uri(&Scheme::HTTPS, &"scanner:8443".parse().unwrap(), path, &p, query, c.as_ref()).unwrap().to_string()
+        upstream_uri(path, &p, query, c.as_ref()).unwrap().to_string()
     }
 
     #[test]
     fn query_loses_apptoken_and_gains_the_credential() {
-        assert_eq!(
-            uri("/opi/XMLAPI", Some("APPTOKEN=x&ACTION=A"), Some("UP")),
-            "https://scanner:8443/opi/XMLAPI?APPTOKEN=UP&ACTION=A"
-        );
-        assert_eq!(uri("/opi/XMLAPI", Some("apptoken=x"), Some("UP")), "https://scanner:8443/opi/XMLAPI?APPTOKEN=UP");
-        assert_eq!(uri("/opi/XMLAPI", Some("apptoken=x"), None), "https://scanner:8443/opi/XMLAPI");
-        assert_eq!(uri("/opi/XMLAPI", Some("A=%7e+b&APPTOKEN=x"), None), "https://scanner:8443/opi/XMLAPI?A=%7e+b");
-        assert_eq!(uri("/opi//XMLAPI;x", None, Some("U P")), "https://scanner:8443/opi/XMLAPI?APPTOKEN=U%20P");
+        assert_eq!(uri("/opi/XMLAPI", Some("APPTOKEN=x&ACTION=A"), Some("UP")), "/opi/XMLAPI?APPTOKEN=UP&ACTION=A");
+        assert_eq!(uri("/opi/XMLAPI", Some("apptoken=x"), Some("UP")), "/opi/XMLAPI?APPTOKEN=UP");
+        assert_eq!(uri("/opi/XMLAPI", Some("apptoken=x"), None), "/opi/XMLAPI");
+        assert_eq!(uri("/opi/XMLAPI", Some("A=%7e+b&APPTOKEN=x"), None), "/opi/XMLAPI?A=%7e+b");
+        assert_eq!(uri("/opi//XMLAPI;x", None, Some("U P")), "/opi/XMLAPI?APPTOKEN=U%20P");
     }
 
     #[test]

@@ -1,18 +1,23 @@
-//! The only caller of the upstream: a pooled, kept-alive hyper-util client,
-//! TLS through rustls with the system roots plus an optional `ca_file`, and
-//! the classification of failures into 502 and 504.
+//! The only caller of the upstream: kept-alive HTTP/1.1 connections in a
+//! lock-free pool, TLS through rustls with the system roots plus an optional
+//! `ca_file`, and the classification of failures into 502 and 504.
 
 use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use tower::ServiceExt as _;
 
 use super::UpstreamBody;
 use crate::config;
@@ -65,14 +70,75 @@ impl UpstreamError {
     }
 }
 
-/// The pooled client for one upstream.
+/// The connections to the upstream: HTTP/1.1 connections kept alive in a
+/// lock-free queue of idle ones. A request takes one (or opens one), and its
+/// answer's body puts it back once the answer has been read to its end, so
+/// there are as many connections as requests in flight, as with nginx's
+/// `keepalive`. No lock is taken and no map is searched on the way.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority/`, what the connector dials.
+    target: http::Uri,
+    pool: Arc<Pool>,
     timeout: Duration,
 }
 
+/// Idle connections, oldest first.
+pub struct Pool {
+    idle: ArrayQueue<Idle>,
+    /// An idle connection older than this is closed instead of used.
+    max_idle: Duration,
+}
+
+struct Idle {
+    conn: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// Idle connections kept at most; one more is closed when it is done.
+const POOL_SIZE: usize = 1024;
+/// How long an idle connection is kept: Tomcat closes its own after 20 s by
+/// default, so ours close first and a request rarely meets one closed under
+/// it (a request written to such a connection is not sent again: it may
+/// have been acted on).
+const MAX_IDLE: Duration = Duration::from_secs(15);
+/// Attempts on connections that turn out closed before a request is written
+/// to one, before a new connection is opened for it.
+const STALE_RETRIES: usize = 2;
+
+impl Pool {
+    /// Puts a connection whose last answer has been read back for the next
+    /// request; closes it when the pool is full.
+    fn put(&self, conn: SendRequest<UpstreamBody>) {
+        if !conn.is_closed() {
+            let _ = self.idle.push(Idle { conn, since: Instant::now() });
+        }
+    }
+
+    /// An idle connection still open and young enough, if any.
+    fn take(&self) -> Option<SendRequest<UpstreamBody>> {
+        while let Some(idle) = self.idle.pop() {
+            if !idle.conn.is_closed() && idle.since.elapsed() < self.max_idle {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Closes the connections that have been idle too long: each one is
+    /// looked at once, the young ones go back.
+    fn close_stale(&self) {
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if !idle.conn.is_closed() && idle.since.elapsed() < self.max_idle {
+                let _ = self.idle.push(idle);
+            }
+        }
+    }
+}
+
 impl Upstream {
-    /// Builds the client; fails when the CA file cannot be read.
+    /// Builds the connector; fails when the CA file cannot be read.
     pub fn new(cfg: &config::Upstream) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
@@ -99,24 +165,37 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(50))
-            .pool_max_idle_per_host(1024)
-            .build(https);
-        Ok(Self { client, timeout: cfg.timeout })
+        let connector =
+            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let target = http::Uri::builder()
+            .scheme(cfg.scheme.clone())
+            .authority(cfg.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| e.to_string())?;
+        let pool = Arc::new(Pool { idle: ArrayQueue::new(POOL_SIZE), max_idle: MAX_IDLE });
+        Ok(Self { connector, target, pool, timeout: cfg.timeout })
     }
 
-    /// Sends one request; returns the answer's head (its body streams) and
-    /// how long it took to begin.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<(Response<Incoming>, Duration), UpstreamError> {
+    /// Closes idle connections past their time, forever; spawned once.
+    pub async fn close_idle(pool: Arc<Pool>) {
+        let mut tick = tokio::time::interval(MAX_IDLE / 5);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            pool.close_stale();
+        }
+    }
+
+    /// The idle connections, for [`Upstream::close_idle`].
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pool.clone()
+    }
+
+    /// Sends one request (its URI in origin form, its Host set); returns the
+    /// answer's head (its body streams, and gives the connection back when
+    /// read to its end) and how long it took to begin.
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<(Response<Answer>, Duration), UpstreamError> {
         self.send_quietly(req).await.map_err(|(kind, why)| {
             tracing::warn!(error = %why, "upstream request failed");
             kind
@@ -126,13 +205,118 @@ impl Upstream {
     async fn send_quietly(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Duration), (UpstreamError, String)> {
+    ) -> Result<(Response<Answer>, Duration), (UpstreamError, String)> {
         let start = Instant::now();
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
             Err(_) => Err((UpstreamError::Timeout, format!("no answer within {:?}", self.timeout))),
             Ok(Ok(resp)) => Ok((resp, start.elapsed())),
-            Ok(Err(e)) => Err((classify(&e), error_chain(&e))),
+            Ok(Err(e)) => Err(e),
         }
+    }
+
+    /// On an idle connection while one turns out usable before the request
+    /// is written to it, else on a new one.
+    async fn exchange(&self, mut req: Request<UpstreamBody>) -> Result<Response<Answer>, (UpstreamError, String)> {
+        let mut stale = 0;
+        loop {
+            let (mut conn, reused) = match self.pool.take().filter(|_| stale < STALE_RETRIES) {
+                Some(c) => (c, true),
+                None => (self.connect().await?, false),
+            };
+            if conn.ready().await.is_err() {
+                if reused {
+                    stale += 1;
+                    continue;
+                }
+                return Err((UpstreamError::Unreachable, "the new connection closed at once".into()));
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    let pool = self.pool.clone();
+                    return Ok(resp.map(|body| Answer { body, back: Some((conn, pool)) }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written: the connection was closed under it (the
+                    // upstream may close an idle one at any time). Again.
+                    Some(r) if reused => {
+                        req = r;
+                        stale += 1;
+                    }
+                    _ => return Err((classify_cause(e.error()), error_chain(e.error()))),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, (UpstreamError, String)> {
+        let io = self.connector.clone().oneshot(self.target.clone()).await.map_err(|e| {
+            let e: &(dyn StdError + 'static) = &*e;
+            (classify_cause(e), error_chain(e))
+        })?;
+        let (send, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| (classify_cause(&e), error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection closed");
+            }
+        });
+        Ok(send)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream's answer body. Read to its end, it puts its connection
+    /// back into the pool; dropped before that, the connection is closed
+    /// (HTTP/1 cannot skip the rest of an answer).
+    pub struct Answer {
+        #[pin]
+        body: Incoming,
+        back: Option<(SendRequest<UpstreamBody>, Arc<Pool>)>,
+    }
+
+    impl PinnedDrop for Answer {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((conn, pool)) = this.back.take() {
+                // An answer with no body (HEAD, 204, 304) is never polled.
+                if this.body.is_end_stream() {
+                    pool.put(conn);
+                }
+            }
+        }
+    }
+}
+
+impl http_body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let res = this.body.poll_frame(cx);
+        match &res {
+            Poll::Ready(None) => {
+                if let Some((conn, pool)) = this.back.take() {
+                    pool.put(conn);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => drop(this.back.take()),
+            _ => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -142,9 +326,9 @@ pub const PROBE_USER_AGENT: &str = "tokengate-readiness-probe";
 impl Upstream {
     /// Asks the upstream for `/` with no credential; true when it answers at
     /// all (any status), which is what readiness means here.
-    pub async fn probe(&self, scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> bool {
-        let uri = format!("{scheme}://{authority}/");
-        let Ok(req) = Request::get(uri)
+    pub async fn probe(&self, host: &http::HeaderValue) -> bool {
+        let Ok(req) = Request::get("/")
+            .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, PROBE_USER_AGENT)
             .body(http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new())))
         else {
@@ -158,10 +342,6 @@ impl Upstream {
             }
         }
     }
-}
-
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    e.source().map_or(UpstreamError::Unreachable, classify_cause)
 }
 
 /// Walks the causes. An `io::Error` hides the error it wraps from

@@ -13,6 +13,8 @@ use bytes::Buf;
 use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 
+use super::format::Line;
+use super::log::AccessSink;
 use crate::denial::Denial;
 
 /// What was decided, for the log and the metrics.
@@ -70,9 +72,28 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Writes the line.
+    /// Writes the line: straight to the log queue when the logger is
+    /// installed and lets `tokengate::access` through, else as an event.
     pub fn emit(&self, bytes: u64) {
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(sink) = AccessSink::get() {
+            if tracing::enabled!(target: "tokengate::access", tracing::Level::INFO) {
+                let mut l = Line::start(sink.json, "INFO", "tokengate::access");
+                l.ip("client", self.client);
+                l.text("token", self.token.as_deref().unwrap_or("-"));
+                l.text("method", self.method.as_str());
+                l.text("path", self.uri.path());
+                l.text("action", self.action.as_deref().unwrap_or("-"));
+                l.text("decision", self.outcome.decision());
+                l.text("reason", self.outcome.reason());
+                l.number("upstream_status", self.upstream_status.map_or(0, u64::from));
+                l.number("bytes", bytes);
+                l.millis("duration_ms", micros);
+                sink.send(l.finish());
+            }
+            return;
+        }
+        let ms = micros as f64 / 1000.0;
         tracing::info!(
             target: "tokengate::access",
             client = %self.client,
@@ -84,7 +105,7 @@ impl AccessRecord {
             reason = self.outcome.reason(),
             upstream_status = self.upstream_status.unwrap_or(0),
             bytes,
-            duration_ms = (ms * 1000.0).round() / 1000.0,
+            duration_ms = ms,
         );
     }
 

@@ -28,96 +28,179 @@ where
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = String::with_capacity(256);
-        timestamp(&mut line);
-        if self.json {
-            let ts = std::mem::take(&mut line);
-            line.push_str("{\"timestamp\":\"");
-            line.push_str(&ts);
-            line.push_str("\",\"level\":\"");
-            line.push_str(meta.level().as_str());
-            line.push_str("\",\"target\":");
-            json_str(&mut line, meta.target());
-        } else {
-            let _ = write!(line, " {:>5} {}:", meta.level().as_str(), meta.target());
-        }
-        let mut v = Fields { line: &mut line, json: self.json };
-        event.record(&mut v);
-        if self.json {
-            line.push('}');
-        }
-        line.push('\n');
-        w.write_str(&line)
+        let mut line = Line::start(self.json, meta.level().as_str(), meta.target());
+        event.record(&mut line);
+        w.write_str(&line.finish())
     }
 }
 
-struct Fields<'a> {
-    line: &'a mut String,
+/// One line being written: the head (timestamp, level, target), then
+/// fields. The tracing formatter above and the access log's direct path
+/// both write through it, so their lines cannot differ.
+pub struct Line {
+    buf: String,
     json: bool,
 }
 
-impl Fields<'_> {
-    fn key(&mut self, field: &Field) {
-        if self.json {
-            self.line.push(',');
-            json_str(self.line, field.name());
-            self.line.push(':');
-        } else if field.name() == "message" {
-            self.line.push(' ');
+impl Line {
+    /// Begins a line with its timestamp, level and target.
+    pub fn start(json: bool, level: &str, target: &str) -> Self {
+        let mut buf = String::with_capacity(256);
+        if json {
+            buf.push_str("{\"timestamp\":\"");
+            timestamp(&mut buf);
+            buf.push_str("\",\"level\":\"");
+            buf.push_str(level);
+            buf.push_str("\",\"target\":");
+            json_str(&mut buf, target);
         } else {
-            self.line.push(' ');
-            self.line.push_str(field.name());
-            self.line.push('=');
+            timestamp(&mut buf);
+            buf.push(' ');
+            for _ in level.len()..5 {
+                buf.push(' ');
+            }
+            buf.push_str(level);
+            buf.push(' ');
+            buf.push_str(target);
+            buf.push(':');
+        }
+        Self { buf, json }
+    }
+
+    fn key(&mut self, name: &str) {
+        if self.json {
+            self.buf.push(',');
+            json_str(&mut self.buf, name);
+            self.buf.push(':');
+        } else if name == "message" {
+            self.buf.push(' ');
+        } else {
+            self.buf.push(' ');
+            self.buf.push_str(name);
+            self.buf.push('=');
         }
     }
 
-    fn text(&mut self, field: &Field, value: &str) {
-        self.key(field);
+    /// A text field: bare when safe, else quoted (JSON: always a string).
+    pub fn text(&mut self, name: &str, value: &str) {
+        self.key(name);
         if self.json {
-            json_str(self.line, value);
-        } else if is_plain(value) || (field.name() == "message" && !value.contains(|c: char| c.is_control())) {
-            self.line.push_str(value);
+            json_str(&mut self.buf, value);
+        } else if is_plain(value) || (name == "message" && !value.contains(|c: char| c.is_control())) {
+            self.buf.push_str(value);
         } else {
-            let _ = write!(self.line, "{value:?}");
+            let _ = write!(self.buf, "{value:?}");
         }
+    }
+
+    /// A number field.
+    pub fn number(&mut self, name: &str, value: u64) {
+        self.key(name);
+        push_u64(&mut self.buf, value);
+    }
+
+    /// A duration in milliseconds with three decimals (always a JSON float).
+    pub fn millis(&mut self, name: &str, micros: u64) {
+        self.key(name);
+        push_u64(&mut self.buf, micros / 1000);
+        let frac = micros % 1000;
+        self.buf.push('.');
+        for d in [frac / 100, frac / 10 % 10, frac % 10] {
+            self.buf.push(char::from(b'0' + d as u8));
+        }
+    }
+
+    /// An IP address field.
+    pub fn ip(&mut self, name: &str, ip: std::net::IpAddr) {
+        self.key(name);
+        if self.json {
+            self.buf.push('"');
+        }
+        push_ip(&mut self.buf, ip);
+        if self.json {
+            self.buf.push('"');
+        }
+    }
+
+    /// The finished line, with its newline.
+    pub fn finish(mut self) -> String {
+        if self.json {
+            self.buf.push('}');
+        }
+        self.buf.push('\n');
+        self.buf
     }
 }
 
-impl Visit for Fields<'_> {
+impl Visit for Line {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.text(field, value);
+        self.text(field.name(), value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.number(field.name(), value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.key(field.name());
+        let _ = write!(self.buf, "{value}");
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
+        self.key(field.name());
         if value.is_finite() {
-            let _ = write!(self.line, "{value}");
+            let _ = write!(self.buf, "{value}");
         } else {
             // Not a JSON number.
-            self.line.push_str("null");
+            self.buf.push_str("null");
         }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.line.push_str(if value { "true" } else { "false" });
+        self.key(field.name());
+        self.buf.push_str(if value { "true" } else { "false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         // `%value` fields arrive here too (as Debug that prints Display).
         let mut s = String::new();
         let _ = write!(s, "{value:?}");
-        self.text(field, &s);
+        self.text(field.name(), &s);
+    }
+}
+
+/// Decimal digits of `n`, without the formatting machinery.
+pub fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+/// An address as `Display` writes it; IPv4 (the usual case) without the
+/// formatting machinery, which costs a request more than all of its decision.
+pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(o));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -173,7 +256,12 @@ fn timestamp(out: &mut String) {
         }
         out.push_str(&cache.1);
     });
-    let _ = write!(out, ".{:06}Z", now.subsec_micros());
+    let micros = now.subsec_micros();
+    out.push('.');
+    for shift in [100_000, 10_000, 1_000, 100, 10, 1] {
+        out.push(char::from(b'0' + (micros / shift % 10) as u8));
+    }
+    out.push('Z');
 }
 
 #[cfg(test)]
@@ -186,6 +274,25 @@ mod tests {
         timestamp(&mut s);
         assert_eq!(s.len(), 27, "{s}");
         assert!(s.ends_with('Z') && s.as_bytes()[10] == b'T', "{s}");
+    }
+
+    #[test]
+    fn numbers_and_addresses_print_as_display_does() {
+        for n in [0u64, 7, 10, 255, 65_535, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.255.9", "::1", "2001:db8::5"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
+        let mut l = Line::start(false, "INFO", "t");
+        l.millis("duration_ms", 12_045);
+        l.millis("d", 7);
+        assert!(l.finish().ends_with(" INFO t: duration_ms=12.045 d=0.007\n"));
     }
 
     #[test]

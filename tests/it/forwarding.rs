@@ -331,3 +331,72 @@ fn on_one_cpu_the_single_threaded_scheduler_does_the_whole_job() {
     assert!(stopped.success());
     assert!(gw.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
+
+#[test]
+fn upstream_connections_are_kept_alive_and_shared_by_client_connections() {
+    let (up, gw) = setup();
+    // Twenty clients one after another, each on its own connection.
+    for _ in 0..20 {
+        let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.count(), 20);
+    // One kept-alive connection carried them all (plus, at most, the one the
+    // readiness probe opened and closed).
+    assert!(up.connections() <= 2, "{} upstream connections for 20 requests", up.connections());
+}
+
+#[test]
+fn a_download_the_client_abandons_does_not_spoil_the_connection_for_the_next() {
+    use std::io::{Read, Write};
+    let up = MockUpstream::start_with(Reply::Stream(64 * 1024 * 1024));
+    let gw = Gateway::start(&up.url(), &standard_tokens().render());
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    write!(s, "GET /opi/XMLAPI?APPTOKEN={RO}&ACTION=REPORTTARGETDATA HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    up.set_reply(Reply::Ok);
+    for _ in 0..3 {
+        let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), OK_BODY);
+    }
+    assert_eq!(up.count(), 4);
+}
+
+#[test]
+fn an_upstream_that_closes_idle_connections_is_reconnected_without_an_error() {
+    use std::io::{Read, Write};
+    // A scanner that closes each connection shortly after answering on it,
+    // without saying so (as a keep-alive timeout does).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{OK_BODY}", OK_BODY.len());
+                std::thread::sleep(Duration::from_millis(100));
+            });
+        }
+    });
+    let gw = Gateway::start(&format!("http://{addr}"), &standard_tokens().render());
+    for i in 0..4 {
+        let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+}

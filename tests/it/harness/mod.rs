@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub use client::{request, Response};
-pub use upstream::{MockUpstream, Recorded, Reply};
+pub use upstream::{MockUpstream, Recorded, Reply, OK_BODY};
 
 /// The credential the gateway is configured to put upstream.
 pub const UPSTREAM_TOKEN: &str = "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF";

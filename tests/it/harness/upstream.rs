@@ -65,6 +65,7 @@ pub struct MockUpstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Recorded>>>,
     reply: Arc<Mutex<Reply>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -99,11 +100,14 @@ impl MockUpstream {
         let listener = runtime().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let (s, r) = (seen.clone(), reply.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
         let task = runtime().spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (s, r) = (s.clone(), r.clone());
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -122,7 +126,7 @@ impl MockUpstream {
                 });
             }
         });
-        Self { addr, seen, reply, task }
+        Self { addr, seen, reply, connections, task }
     }
 
     pub fn url(&self) -> String {
@@ -142,6 +146,11 @@ impl MockUpstream {
     /// The last request received.
     pub fn last(&self) -> Recorded {
         self.seen.lock().unwrap().last().cloned().expect("the upstream received nothing")
+    }
+
+    /// How many connections were accepted (the readiness probe's included).
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set_reply(&self, r: Reply) {
