@@ -91,11 +91,37 @@ impl Denial {
         }
     }
 
-    /// The refusal as the XMLAPI would shape it.
+    /// The refusal as the XMLAPI would shape it. The bodies of the fixed
+    /// messages are rendered once and shared.
     pub fn into_response(self, json: bool) -> Response<Bytes> {
-        xmlapi_error(self.status(), self.code(), self.message(), json)
+        static RENDERED: std::sync::OnceLock<Vec<[Response<Bytes>; 2]>> = std::sync::OnceLock::new();
+        if matches!(self, Denial::Ambiguous(_)) {
+            return xmlapi_error(self.status(), self.code(), self.message(), json);
+        }
+        let rendered = RENDERED.get_or_init(|| {
+            FIXED.iter().map(|d| [false, true].map(|j| xmlapi_error(d.status(), d.code(), d.message(), j))).collect()
+        });
+        let r = &rendered[self.index()][usize::from(json)];
+        let mut resp = Response::new(r.body().clone());
+        *resp.status_mut() = r.status();
+        *resp.headers_mut() = r.headers().clone();
+        resp
     }
 }
+
+/// The denials with a fixed message, in [`DENIAL_CODES`] order (the
+/// ambiguous one's place holds a stand-in that is never served).
+const FIXED: [Denial; 9] = [
+    Denial::TokenMissing,
+    Denial::TokenUnknown,
+    Denial::TokenInactive,
+    Denial::TokenExpired,
+    Denial::IpNotAllowed,
+    Denial::ActionNotAllowed,
+    Denial::RouteNotAllowed,
+    Denial::Ambiguous(""),
+    Denial::BodyTooLarge,
+];
 
 /// An error answer in the XMLAPI's shape: XML by default, JSON when the
 /// request carried `JSON=1`. `code` and `message` are the gateway's own
@@ -164,5 +190,16 @@ mod tests {
         assert_eq!(v["success"], false);
         assert_eq!(v["data"]["errorCode"], "TOKEN_UNKNOWN");
         assert_eq!(v["data"]["errorMessage"], "A valid APPTOKEN is required");
+        for (i, d) in FIXED.into_iter().enumerate() {
+            assert_eq!(d.index(), i);
+            for json in [false, true] {
+                let shared = d.into_response(json);
+                let fresh = xmlapi_error(d.status(), d.code(), d.message(), json);
+                assert_eq!(
+                    (shared.status(), shared.headers(), shared.body()),
+                    (fresh.status(), fresh.headers(), fresh.body())
+                );
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -31,7 +32,7 @@ pub fn proxy(
 > + Clone
        + Send
        + 'static {
-    let svc = ServiceBuilder::new()
+    ServiceBuilder::new()
         // A bug that panics answers one request with a 500 in the XMLAPI's
         // shape; the connection, the process and every other request go on.
         // The panic message is not sent: it could quote request data.
@@ -39,11 +40,7 @@ pub fn proxy(
         // Decide, then refuse or forward (interface.md §5, §6). The body's
         // idle timeout is put on in `handle`, after it has looked at the
         // body's size (the timeout wrapper hides it).
-        .service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(shared, peer, body_idle_timeout, req).await) }
-        });
-    svc
+        .service_fn(move |req| handle(shared.clone(), peer, body_idle_timeout, req).map(Ok::<_, Infallible>))
 }
 
 fn panic_answer(_payload: Box<dyn Any + Send + 'static>) -> Response<Full<Bytes>> {

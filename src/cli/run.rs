@@ -89,7 +89,7 @@ async fn serve(cfg: Config, scheduler: &'static str) -> i32 {
     let shared = Arc::new(Shared {
         tokens: Arc::new(tokens),
         metrics,
-        upstream,
+        upstream: Arc::new(upstream),
         upstream_cfg: cfg.upstream.clone(),
         trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
         inspect_body_bytes: cfg.limits.inspect_body_bytes,

@@ -6,11 +6,14 @@
 pub mod rewrite;
 pub mod upstream;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::future::Either as FutureEither;
+use futures_util::FutureExt as _;
 use http::header::HeaderName;
 use http::{Request, Response};
 use http_body::Body;
@@ -48,7 +51,7 @@ pub struct Shared {
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The scanner.
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     /// Validated upstream settings (address, credential).
     pub upstream_cfg: crate::config::Upstream,
     /// Whose X-Forwarded-For is believed.
@@ -62,59 +65,117 @@ pub struct Shared {
     pub upstream_host: http::HeaderValue,
 }
 
-/// Handles one request from `peer`.
-pub async fn handle(
+/// What the body gave the decision.
+enum Inspected {
+    /// A form, read whole (and the room it holds in the budget).
+    Form(Bytes, tokio::sync::OwnedSemaphorePermit),
+    /// Not a form: streams on to the upstream if allowed.
+    Stream(ClientBody),
+    /// Nothing to send.
+    Empty,
+    /// Why the body alone refuses the request.
+    Refused(BodyCheck),
+}
+
+/// What deciding leaves to do.
+enum Step {
+    /// The gateway answers itself.
+    Answer(Response<GatewayBody>),
+    /// The rewritten request goes upstream; its line is finished with the
+    /// upstream's answer.
+    Forward(Request<UpstreamBody>, AccessRecord, bool),
+}
+
+/// Handles one request from `peer`: inspect the body if it must be, decide
+/// and rewrite (no waiting), forward. The steps are separate functions so
+/// that this future, which is moved several times per request, holds only
+/// what crosses a wait.
+pub fn handle(
     shared: Arc<Shared>,
     peer: PeerAddr,
     body_idle_timeout: std::time::Duration,
     req: Request<Incoming>,
-) -> Response<GatewayBody> {
+) -> impl Future<Output = Response<GatewayBody>> + Send + 'static {
     let start = Instant::now();
-    let now = SystemTime::now();
-    let (mut parts, incoming) = req.into_parts();
-    // What the body's framing says, before the idle timeout hides it: a
-    // client that stalls between two pieces of its body is cut off, so it
-    // cannot hold a connection slot and a buffer forever.
-    let no_body = incoming.is_end_stream();
-    let announced = incoming.size_hint().upper();
-    let body = TimeoutBody::new(body_idle_timeout, incoming);
-
-    // A form body is read before deciding: APPTOKEN and ACTION may be in it.
-    let kind = body_kind(&parts.headers);
-    let mut budget = None;
-    let (form, body, body_check) = match kind {
+    let (parts, incoming) = req.into_parts();
+    let body = match body_kind(&parts.headers) {
         BodyKind::Form => {
-            let limit = shared.inspect_body_bytes;
-            let Some(permit) = shared.inspect_budget.reserve(announced, limit).await else {
-                let record = AccessRecord {
-                    start,
-                    client: peer.0.to_canonical(),
-                    token: None,
-                    method: parts.method.clone(),
-                    uri: parts.uri.clone(),
-                    action: None,
-                    outcome: Outcome::Busy,
-                    upstream_status: None,
-                };
-                let msg = "The gateway is reading too many request bodies at once; try again";
-                return own_answer(
-                    xmlapi_error(http::StatusCode::SERVICE_UNAVAILABLE, "GATEWAY_BUSY", msg, false),
-                    record,
-                );
-            };
-            budget = Some(permit);
-            match read_form(body, announced, limit).await {
-                Ok(bytes) => (Some(bytes), None, BodyCheck::Fine),
-                Err(check) => (None, None, check),
-            }
+            let form = handle_form(shared, peer, start, parts, incoming, body_idle_timeout);
+            return FutureEither::Right(FutureEither::Right(Box::pin(form)));
         }
-        BodyKind::Opaque => (None, Some(body), BodyCheck::Fine),
-        BodyKind::Refused(why) => (None, None, BodyCheck::Refused(why)),
+        // What the framing says is read before the idle timeout hides it.
+        BodyKind::Opaque if incoming.is_end_stream() => Inspected::Empty,
+        BodyKind::Opaque => Inspected::Stream(TimeoutBody::new(body_idle_timeout, incoming)),
+        BodyKind::Refused(why) => Inspected::Refused(BodyCheck::Refused(why)),
     };
+    match decide_and_rewrite(&shared, peer, start, parts, body) {
+        Step::Answer(resp) => FutureEither::Left(std::future::ready(resp)),
+        Step::Forward(up_req, record, json) => {
+            FutureEither::Right(FutureEither::Left(forward(shared, up_req, record, json)))
+        }
+    }
+}
 
+/// [`handle`] for a form body, which is read before deciding.
+async fn handle_form(
+    shared: Arc<Shared>,
+    peer: PeerAddr,
+    start: Instant,
+    parts: http::request::Parts,
+    incoming: Incoming,
+    body_idle_timeout: std::time::Duration,
+) -> Response<GatewayBody> {
+    let Ok(body) = read_form(&shared, incoming, body_idle_timeout).await else {
+        let record = AccessRecord::new(start, peer.0.to_canonical(), &parts, Outcome::Busy);
+        let msg = "The gateway is reading too many request bodies at once; try again";
+        return own_answer(xmlapi_error(http::StatusCode::SERVICE_UNAVAILABLE, "GATEWAY_BUSY", msg, false), record);
+    };
+    match decide_and_rewrite(&shared, peer, start, parts, body) {
+        Step::Answer(resp) => resp,
+        Step::Forward(up_req, record, json) => forward(shared, up_req, record, json).await,
+    }
+}
+
+/// Reads a form body within the inspection budget; `Err` when there was no
+/// room in time. A client that stalls between two pieces of its body is cut
+/// off, so it cannot hold a connection slot and a buffer forever.
+async fn read_form(
+    shared: &Shared,
+    incoming: Incoming,
+    body_idle_timeout: std::time::Duration,
+) -> Result<Inspected, ()> {
+    let limit = shared.inspect_body_bytes;
+    let announced = incoming.size_hint().upper();
+    let permit = shared.inspect_budget.reserve(announced, limit).await.ok_or(())?;
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Ok(Inspected::Refused(BodyCheck::TooLarge));
+    }
+    let body = TimeoutBody::new(body_idle_timeout, incoming);
+    Ok(match Limited::new(body, limit).collect().await {
+        Ok(c) => Inspected::Form(c.to_bytes(), permit),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Inspected::Refused(BodyCheck::TooLarge),
+        Err(_) => Inspected::Refused(BodyCheck::Refused("The request body could not be read")),
+    })
+}
+
+/// Decides on the request and, when it is granted, rewrites it for the
+/// upstream. Counts the decision against the token.
+fn decide_and_rewrite(
+    shared: &Shared,
+    peer: PeerAddr,
+    start: Instant,
+    mut parts: http::request::Parts,
+    body: Inspected,
+) -> Step {
+    let now = SystemTime::now();
+    let (form, body_check) = match &body {
+        Inspected::Form(f, _) => (Some(f), BodyCheck::Fine),
+        Inspected::Refused(check) => (None, *check),
+        Inspected::Stream(_) | Inspected::Empty => (None, BodyCheck::Fine),
+    };
     let mut params = Params::default();
     let query = parts.uri.query().map(str::as_bytes).unwrap_or_default();
-    let scanned = params.scan(query).and_then(|()| form.as_deref().map_or(Ok(()), |f| params.scan(f))).map(|()| params);
+    let scanned = params.scan(query).and_then(|()| form.map_or(Ok(()), |f| params.scan(f))).map(|()| params);
     let json = scanned.as_ref().is_ok_and(|p| p.json);
     let action_for_log = match &scanned {
         Ok(Params { action: Slot::One(a), .. }) => Some(AccessRecord::action_for_log(a)),
@@ -123,7 +184,8 @@ pub async fn handle(
     let resolved =
         resolve(peer, parts.headers.get_all(HeaderName::from_static("x-forwarded-for")).iter(), &shared.trusted);
     let client_for_log = resolved.as_ref().map_or(peer.0.to_canonical(), |r| r.client.0);
-    let cfg = &shared.upstream_cfg;
+    let mut record = AccessRecord::new(start, client_for_log, &parts, Outcome::Allowed);
+    record.action = action_for_log;
 
     // Decide against one table, and compute where a grant goes while the
     // request's borrowed pieces are at hand; only owned values leave.
@@ -142,7 +204,10 @@ pub async fn handle(
             Ok(entry) => {
                 let state = entry.state(shared.tokens.states());
                 let uri = match &asked.path {
-                    Ok(path) => rewrite::upstream_uri(raw_path, path, parts.uri.query(), cfg.apptoken.as_ref()).ok(),
+                    Ok(path) => {
+                        rewrite::upstream_uri(raw_path, path, parts.uri.query(), shared.upstream_cfg.apptoken.as_ref())
+                            .ok()
+                    }
                     Err(_) => None,
                 };
                 // Counted as what the caller gets: a target that cannot be
@@ -167,22 +232,12 @@ pub async fn handle(
             }
         }
     };
-    let mut record = AccessRecord {
-        start,
-        client: client_for_log,
-        token: None,
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        action: action_for_log,
-        outcome: Outcome::Allowed,
-        upstream_status: None,
-    };
     let name = match decision {
         Ok(name) => name,
         Err((denial, name)) => {
             record.token = name;
             record.outcome = Outcome::Denied(denial);
-            return own_answer(denial.into_response(json), record);
+            return Step::Answer(own_answer(denial.into_response(json), record));
         }
     };
     record.token = Some(name);
@@ -191,31 +246,38 @@ pub async fn handle(
     let (Some(uri), Ok(resolved)) = (uri, resolved) else {
         let denial = Denial::Ambiguous("The request target cannot be forwarded");
         record.outcome = Outcome::Denied(denial);
-        return own_answer(denial.into_response(json), record);
+        return Step::Answer(own_answer(denial.into_response(json), record));
     };
-    let up_body = match (form, body) {
-        (Some(f), _) => {
+    // The body has been decided on: a form's room in the budget goes back
+    // here, before the (possibly slow) upstream.
+    let up_body = match body {
+        Inspected::Form(f, _permit) => {
             let mut stripped = Vec::with_capacity(f.len());
             crate::decide::params::strip_apptoken(&f, &mut stripped);
             Either::Left(Full::new(Bytes::from(stripped)))
         }
-        (None, Some(_)) if no_body => Either::Left(Full::new(Bytes::new())),
-        (None, Some(b)) => Either::Right(Box::pin(b)),
-        (None, None) => Either::Left(Full::new(Bytes::new())),
+        Inspected::Stream(b) => Either::Right(Box::pin(b)),
+        Inspected::Empty | Inspected::Refused(_) => Either::Left(Full::new(Bytes::new())),
     };
     rewrite::upstream_headers(&mut parts.headers, &shared.upstream_host, &resolved, matches!(up_body, Either::Left(_)));
     parts.uri = uri;
     parts.version = rewrite::UPSTREAM_VERSION;
-    let up_req = Request::from_parts(parts, up_body);
-    // The body has been read and decided on: its room goes back before the
-    // (possibly slow) upstream, so only reading is bounded by the budget.
-    drop(budget);
+    Step::Forward(Request::from_parts(parts, up_body), record, json)
+}
 
-    match shared.upstream.send(up_req).await {
+/// Sends the rewritten request and hands the answer back, or the gateway's
+/// own 502/504.
+fn forward(
+    shared: Arc<Shared>,
+    up_req: Request<UpstreamBody>,
+    mut record: AccessRecord,
+    json: bool,
+) -> impl Future<Output = Response<GatewayBody>> + Send + 'static {
+    shared.upstream.send(up_req).map(move |sent| match sent {
         Ok((resp, took)) => {
             shared.metrics.upstream_latency(took);
             let (mut parts, body) = resp.into_parts();
-            rewrite::downstream_headers(&mut parts.headers, cfg.apptoken.as_ref());
+            rewrite::downstream_headers(&mut parts.headers, shared.upstream_cfg.apptoken.as_ref());
             record.upstream_status = Some(parts.status.as_u16());
             Response::from_parts(parts, Logged::new(Either::Right(body), record))
         }
@@ -224,7 +286,7 @@ pub async fn handle(
             record.outcome = Outcome::UpstreamFailed(e.code());
             own_answer(xmlapi_error(e.status(), e.code(), e.message(), json), record)
         }
-    }
+    })
 }
 
 fn own_answer(resp: Response<Bytes>, record: AccessRecord) -> Response<GatewayBody> {
@@ -250,17 +312,5 @@ impl InspectBudget {
         let bytes = announced.map_or(limit as u64, |u| u.min(limit as u64));
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await.ok()?.ok()
-    }
-}
-
-/// Reads a form body up to `limit` bytes.
-async fn read_form(body: ClientBody, announced: Option<u64>, limit: usize) -> Result<Bytes, BodyCheck> {
-    if announced.is_some_and(|n| n > limit as u64) {
-        return Err(BodyCheck::TooLarge);
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyCheck::TooLarge),
-        Err(_) => Err(BodyCheck::Refused("The request body could not be read")),
     }
 }

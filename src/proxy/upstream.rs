@@ -3,12 +3,14 @@
 //! `ca_file`, and the classification of failures into 502 and 504.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
+use futures_util::FutureExt as _;
 use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -195,57 +197,33 @@ impl Upstream {
     /// Sends one request (its URI in origin form, its Host set); returns the
     /// answer's head (its body streams, and gives the connection back when
     /// read to its end) and how long it took to begin.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<(Response<Answer>, Duration), UpstreamError> {
-        self.send_quietly(req).await.map_err(|(kind, why)| {
-            tracing::warn!(error = %why, "upstream request failed");
-            kind
+    ///
+    /// Built from combinators rather than `async` blocks: an `async` block
+    /// that awaits a future it was given keeps that future twice, and this
+    /// one is moved with every request.
+    pub fn send(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<(Response<Answer>, Duration), UpstreamError>> + Send + 'static {
+        self.send_quietly(req).map(|r| {
+            r.map_err(|(kind, why)| {
+                tracing::warn!(error = %why, "upstream request failed");
+                kind
+            })
         })
     }
 
-    async fn send_quietly(
-        &self,
+    fn send_quietly(
+        self: &Arc<Self>,
         req: Request<UpstreamBody>,
-    ) -> Result<(Response<Answer>, Duration), (UpstreamError, String)> {
+    ) -> impl Future<Output = Result<(Response<Answer>, Duration), (UpstreamError, String)>> + Send + 'static {
         let start = Instant::now();
-        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
-            Err(_) => Err((UpstreamError::Timeout, format!("no answer within {:?}", self.timeout))),
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, exchange(self.clone(), req)).map(move |r| match r {
+            Err(_) => Err((UpstreamError::Timeout, format!("no answer within {timeout:?}"))),
             Ok(Ok(resp)) => Ok((resp, start.elapsed())),
             Ok(Err(e)) => Err(e),
-        }
-    }
-
-    /// On an idle connection while one turns out usable before the request
-    /// is written to it, else on a new one.
-    async fn exchange(&self, mut req: Request<UpstreamBody>) -> Result<Response<Answer>, (UpstreamError, String)> {
-        let mut stale = 0;
-        loop {
-            let (mut conn, reused) = match self.pool.take().filter(|_| stale < STALE_RETRIES) {
-                Some(c) => (c, true),
-                None => (self.connect().await?, false),
-            };
-            if conn.ready().await.is_err() {
-                if reused {
-                    stale += 1;
-                    continue;
-                }
-                return Err((UpstreamError::Unreachable, "the new connection closed at once".into()));
-            }
-            match conn.try_send_request(req).await {
-                Ok(resp) => {
-                    let pool = self.pool.clone();
-                    return Ok(resp.map(|body| Answer { body, back: Some((conn, pool)) }));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Not written: the connection was closed under it (the
-                    // upstream may close an idle one at any time). Again.
-                    Some(r) if reused => {
-                        req = r;
-                        stale += 1;
-                    }
-                    _ => return Err((classify_cause(e.error()), error_chain(e.error()))),
-                },
-            }
-        }
+        })
     }
 
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, (UpstreamError, String)> {
@@ -263,6 +241,45 @@ impl Upstream {
             }
         });
         Ok(send)
+    }
+}
+
+/// On an idle connection while one turns out usable before the request
+/// is written to it, else on a new one.
+async fn exchange(
+    this: Arc<Upstream>,
+    mut req: Request<UpstreamBody>,
+) -> Result<Response<Answer>, (UpstreamError, String)> {
+    let mut stale = 0;
+    loop {
+        let (mut conn, reused) = match this.pool.take().filter(|_| stale < STALE_RETRIES) {
+            Some(c) => (c, true),
+            // Boxed: the handshake's state (a TLS session) is large, and
+            // would otherwise be part of every request's future.
+            None => (Box::pin(this.connect()).await?, false),
+        };
+        if conn.ready().await.is_err() {
+            if reused {
+                stale += 1;
+                continue;
+            }
+            return Err((UpstreamError::Unreachable, "the new connection closed at once".into()));
+        }
+        match conn.try_send_request(req).await {
+            Ok(resp) => {
+                let pool = this.pool.clone();
+                return Ok(resp.map(|body| Answer { body, back: Some((conn, pool)) }));
+            }
+            Err(mut e) => match e.take_message() {
+                // Not written: the connection was closed under it (the
+                // upstream may close an idle one at any time). Again.
+                Some(r) if reused => {
+                    req = r;
+                    stale += 1;
+                }
+                _ => return Err((classify_cause(e.error()), error_chain(e.error()))),
+            },
+        }
     }
 }
 
@@ -326,7 +343,7 @@ pub const PROBE_USER_AGENT: &str = "tokengate-readiness-probe";
 impl Upstream {
     /// Asks the upstream for `/` with no credential; true when it answers at
     /// all (any status), which is what readiness means here.
-    pub async fn probe(&self, host: &http::HeaderValue) -> bool {
+    pub async fn probe(self: &Arc<Self>, host: &http::HeaderValue) -> bool {
         let Ok(req) = Request::get("/")
             .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, PROBE_USER_AGENT)

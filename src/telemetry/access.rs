@@ -72,6 +72,21 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// A line for a request from `client`, before anything is known of its
+    /// token.
+    pub fn new(start: Instant, client: IpAddr, parts: &http::request::Parts, outcome: Outcome) -> Self {
+        Self {
+            start,
+            client,
+            token: None,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            action: None,
+            outcome,
+            upstream_status: None,
+        }
+    }
+
     /// Writes the line: straight to the log queue when the logger is
     /// installed and lets `tokengate::access` through, else as an event.
     pub fn emit(&self, bytes: u64) {
