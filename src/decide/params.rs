@@ -239,7 +239,7 @@ pub fn body_kind(headers: &HeaderMap) -> BodyKind {
     if essence.eq_ignore_ascii_case("multipart/form-data") {
         return BodyKind::Refused("multipart/form-data bodies are not supported");
     }
-    if essence.to_ascii_lowercase().contains("form") {
+    if essence.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"form")) {
         return BodyKind::Refused("The Content-Type is not understood");
     }
     BodyKind::Opaque
@@ -249,7 +249,8 @@ pub fn body_kind(headers: &HeaderMap) -> BodyKind {
 /// "charset" appears nowhere else in the header (a parser that looks for the
 /// word anywhere must not find one the gateway did not check).
 fn charset_is_plain(ct: &str) -> bool {
-    let mentions = ct.to_ascii_lowercase().matches("charset").count();
+    // Non-overlapping, as `str::matches` counts ("charset" cannot overlap itself).
+    let mentions = ct.as_bytes().windows(7).filter(|w| w.eq_ignore_ascii_case(b"charset")).count();
     let mut checked = 0;
     for p in ct.split(';').skip(1) {
         let Some((k, v)) = p.split_once('=') else { continue };

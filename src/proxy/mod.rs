@@ -150,12 +150,41 @@ async fn read_form(
     if announced.is_some_and(|n| n > limit as u64) {
         return Ok(Inspected::Refused(BodyCheck::TooLarge));
     }
-    let body = TimeoutBody::new(body_idle_timeout, incoming);
-    Ok(match Limited::new(body, limit).collect().await {
-        Ok(c) => Inspected::Form(c.to_bytes(), permit),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Inspected::Refused(BodyCheck::TooLarge),
-        Err(_) => Inspected::Refused(BodyCheck::Refused("The request body could not be read")),
-    })
+    let mut body = Limited::new(incoming, limit);
+    let mut first = Bytes::new();
+    let mut joined: Vec<u8> = Vec::new();
+    loop {
+        // A piece that is already here is taken without arming the idle
+        // timer (the usual small form arrives with its head).
+        let frame = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => match tokio::time::timeout(body_idle_timeout, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => return Ok(Inspected::Refused(BodyCheck::Refused("The request body could not be read"))),
+            },
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => d,
+                Err(_trailers) => continue,
+            },
+            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Ok(Inspected::Refused(BodyCheck::TooLarge));
+            }
+            Some(Err(_)) => return Ok(Inspected::Refused(BodyCheck::Refused("The request body could not be read"))),
+        };
+        if first.is_empty() && joined.is_empty() {
+            first = data;
+        } else {
+            if joined.is_empty() {
+                joined.extend_from_slice(&first);
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    let form = if joined.is_empty() { first } else { Bytes::from(joined) };
+    Ok(Inspected::Form(form, permit))
 }
 
 /// Decides on the request and, when it is granted, rewrites it for the
@@ -311,6 +340,10 @@ impl InspectBudget {
     async fn reserve(&self, announced: Option<u64>, limit: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let bytes = announced.map_or(limit as u64, |u| u.min(limit as u64));
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        // Room at once is the usual case, and needs no timer.
+        if let Ok(p) = self.kib.clone().try_acquire_many_owned(kib) {
+            return Some(p);
+        }
         tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await.ok()?.ok()
     }
 }
