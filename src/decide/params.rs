@@ -93,6 +93,15 @@ fn split_piece(piece: &[u8]) -> (&[u8], &[u8]) {
 /// (`ı`, `ſ`, `K`, `İ` fold to ASCII letters there), so an application that
 /// matches names that way cannot be handed an ACTION the gateway did not see.
 pub fn classify(raw: &[u8]) -> Result<Name, Malformed> {
+    // The usual name: plain ASCII with nothing to decode.
+    if raw.iter().all(|&b| b.is_ascii() && b != b'%' && b != b'+') {
+        return Ok(match raw.len() {
+            8 if raw.eq_ignore_ascii_case(b"apptoken") => Name::AppToken,
+            6 if raw.eq_ignore_ascii_case(b"action") => Name::Action,
+            4 if raw.eq_ignore_ascii_case(b"json") => Name::Json,
+            _ => Name::Other,
+        });
+    }
     let mut buf = [0u8; 8];
     let mut n = 0usize;
     let mut non_ascii = false;

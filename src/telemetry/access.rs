@@ -93,18 +93,20 @@ impl AccessRecord {
         let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(sink) = AccessSink::get() {
             if tracing::enabled!(target: "tokengate::access", tracing::Level::INFO) {
-                let mut l = Line::start(sink.json, "INFO", "tokengate::access");
-                l.ip("client", self.client);
-                l.text("token", self.token.as_deref().unwrap_or("-"));
-                l.text("method", self.method.as_str());
-                l.text("path", self.uri.path());
-                l.text("action", self.action.as_deref().unwrap_or("-"));
-                l.text("decision", self.outcome.decision());
-                l.text("reason", self.outcome.reason());
-                l.number("upstream_status", self.upstream_status.map_or(0, u64::from));
-                l.number("bytes", bytes);
-                l.millis("duration_ms", micros);
-                sink.send(l.finish());
+                sink.write(|buf| {
+                    let mut l = Line::start(buf, sink.json, "INFO", "tokengate::access");
+                    l.ip("client", self.client);
+                    l.text("token", self.token.as_deref().unwrap_or("-"));
+                    l.text("method", self.method.as_str());
+                    l.text("path", self.uri.path());
+                    l.text("action", self.action.as_deref().unwrap_or("-"));
+                    l.text("decision", self.outcome.decision());
+                    l.text("reason", self.outcome.reason());
+                    l.number("upstream_status", self.upstream_status.map_or(0, u64::from));
+                    l.number("bytes", bytes);
+                    l.millis("duration_ms", micros);
+                    l.finish();
+                });
             }
             return;
         }

@@ -28,33 +28,34 @@ where
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = Line::start(self.json, meta.level().as_str(), meta.target());
+        let mut buf = String::with_capacity(256);
+        let mut line = Line::start(&mut buf, self.json, meta.level().as_str(), meta.target());
         event.record(&mut line);
-        w.write_str(&line.finish())
+        line.finish();
+        w.write_str(&buf)
     }
 }
 
 /// One line being written: the head (timestamp, level, target), then
 /// fields. The tracing formatter above and the access log's direct path
 /// both write through it, so their lines cannot differ.
-pub struct Line {
-    buf: String,
+pub struct Line<'a> {
+    buf: &'a mut String,
     json: bool,
 }
 
-impl Line {
-    /// Begins a line with its timestamp, level and target.
-    pub fn start(json: bool, level: &str, target: &str) -> Self {
-        let mut buf = String::with_capacity(256);
+impl<'a> Line<'a> {
+    /// Begins a line at the end of `buf` with its timestamp, level and target.
+    pub fn start(buf: &'a mut String, json: bool, level: &str, target: &str) -> Self {
         if json {
             buf.push_str("{\"timestamp\":\"");
-            timestamp(&mut buf);
+            timestamp(buf);
             buf.push_str("\",\"level\":\"");
             buf.push_str(level);
             buf.push_str("\",\"target\":");
-            json_str(&mut buf, target);
+            json_str(buf, target);
         } else {
-            timestamp(&mut buf);
+            timestamp(buf);
             buf.push(' ');
             for _ in level.len()..5 {
                 buf.push(' ');
@@ -70,7 +71,7 @@ impl Line {
     fn key(&mut self, name: &str) {
         if self.json {
             self.buf.push(',');
-            json_str(&mut self.buf, name);
+            json_str(self.buf, name);
             self.buf.push(':');
         } else if name == "message" {
             self.buf.push(' ');
@@ -85,7 +86,7 @@ impl Line {
     pub fn text(&mut self, name: &str, value: &str) {
         self.key(name);
         if self.json {
-            json_str(&mut self.buf, value);
+            json_str(self.buf, value);
         } else if is_plain(value) || (name == "message" && !value.contains(|c: char| c.is_control())) {
             self.buf.push_str(value);
         } else {
@@ -96,13 +97,13 @@ impl Line {
     /// A number field.
     pub fn number(&mut self, name: &str, value: u64) {
         self.key(name);
-        push_u64(&mut self.buf, value);
+        push_u64(self.buf, value);
     }
 
     /// A duration in milliseconds with three decimals (always a JSON float).
     pub fn millis(&mut self, name: &str, micros: u64) {
         self.key(name);
-        push_u64(&mut self.buf, micros / 1000);
+        push_u64(self.buf, micros / 1000);
         let frac = micros % 1000;
         self.buf.push('.');
         for d in [frac / 100, frac / 10 % 10, frac % 10] {
@@ -116,23 +117,22 @@ impl Line {
         if self.json {
             self.buf.push('"');
         }
-        push_ip(&mut self.buf, ip);
+        push_ip(self.buf, ip);
         if self.json {
             self.buf.push('"');
         }
     }
 
-    /// The finished line, with its newline.
-    pub fn finish(mut self) -> String {
+    /// Ends the line with its newline.
+    pub fn finish(self) {
         if self.json {
             self.buf.push('}');
         }
         self.buf.push('\n');
-        self.buf
     }
 }
 
-impl Visit for Line {
+impl Visit for Line<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.text(field.name(), value);
     }
@@ -289,10 +289,12 @@ mod tests {
             push_ip(&mut s, ip);
             assert_eq!(s, ip.to_string());
         }
-        let mut l = Line::start(false, "INFO", "t");
+        let mut buf = String::new();
+        let mut l = Line::start(&mut buf, false, "INFO", "t");
         l.millis("duration_ms", 12_045);
         l.millis("d", 7);
-        assert!(l.finish().ends_with(" INFO t: duration_ms=12.045 d=0.007\n"));
+        l.finish();
+        assert!(buf.ends_with(" INFO t: duration_ms=12.045 d=0.007\n"), "{buf}");
     }
 
     #[test]
