@@ -8,6 +8,7 @@ pub mod upstream;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -68,7 +69,7 @@ pub struct Shared {
 /// What the body gave the decision.
 enum Inspected {
     /// A form, read whole (and the room it holds in the budget).
-    Form(Bytes, tokio::sync::OwnedSemaphorePermit),
+    Form(Bytes, BudgetPermit),
     /// Not a form: streams on to the upstream if allowed.
     Stream(ClientBody),
     /// Nothing to send.
@@ -178,6 +179,9 @@ async fn read_form(
             first = data;
         } else {
             if joined.is_empty() {
+                // Sized once: doubling could take twice the room reserved.
+                joined
+                    .reserve_exact(announced.map_or(limit, |n| (n as usize).min(limit)).max(first.len() + data.len()));
                 joined.extend_from_slice(&first);
             }
             joined.extend_from_slice(&data);
@@ -322,28 +326,116 @@ fn own_answer(resp: Response<Bytes>, record: AccessRecord) -> Response<GatewayBo
     resp.map(|b| Logged::new(Either::Left(Full::new(b)), record))
 }
 
-/// The memory that bodies read before deciding may take together.
+/// The memory that bodies read before deciding may take together, in KiB.
+/// Taking and giving back room is one atomic operation each (a semaphore
+/// would lock its waiter list on every release); only a body that has to
+/// wait for room takes a slower path.
 pub struct InspectBudget {
-    kib: Arc<tokio::sync::Semaphore>,
+    inner: Arc<Budget>,
     wait: std::time::Duration,
+}
+
+struct Budget {
+    free_kib: AtomicU64,
+    waiting: AtomicUsize,
+    room: tokio::sync::Notify,
+}
+
+/// Room held in the budget, given back when dropped.
+pub struct BudgetPermit {
+    budget: Arc<Budget>,
+    kib: u64,
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        self.budget.free_kib.fetch_add(self.kib, Ordering::SeqCst);
+        if self.budget.waiting.load(Ordering::SeqCst) > 0 {
+            self.budget.room.notify_waiters();
+        }
+    }
+}
+
+impl Budget {
+    fn try_take(&self, kib: u64) -> bool {
+        self.free_kib.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |free| free.checked_sub(kib)).is_ok()
+    }
+}
+
+/// Counts a waiting body for as long as it waits (also when its wait is cut
+/// short by the timeout).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl InspectBudget {
     /// Room for `total_bytes`; a body waits at most `wait` for its share.
     pub fn new(total_bytes: usize, wait: std::time::Duration) -> Self {
-        let kib = (total_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-        Self { kib: Arc::new(tokio::sync::Semaphore::new(kib)), wait }
+        let kib = (total_bytes as u64 / 1024).max(1);
+        let inner =
+            Budget { free_kib: AtomicU64::new(kib), waiting: AtomicUsize::new(0), room: tokio::sync::Notify::new() };
+        Self { inner: Arc::new(inner), wait }
     }
 
     /// Reserves what `body` may take (its length, or the limit when unknown),
     /// waiting for room; `None` when there was none in time.
-    async fn reserve(&self, announced: Option<u64>, limit: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    async fn reserve(&self, announced: Option<u64>, limit: usize) -> Option<BudgetPermit> {
         let bytes = announced.map_or(limit as u64, |u| u.min(limit as u64));
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        // Room at once is the usual case, and needs no timer.
-        if let Ok(p) = self.kib.clone().try_acquire_many_owned(kib) {
-            return Some(p);
+        let kib = bytes.div_ceil(1024).max(1);
+        let permit = || BudgetPermit { budget: self.inner.clone(), kib };
+        if self.inner.try_take(kib) {
+            return Some(permit());
         }
-        tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await.ok()?.ok()
+        let budget = &self.inner;
+        let wait = async {
+            loop {
+                // Registered before looking again, so that room given back
+                // in between is not missed.
+                let notified = budget.room.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                budget.waiting.fetch_add(1, Ordering::SeqCst);
+                let _waiting = Waiting(&budget.waiting);
+                if budget.try_take(kib) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(self.wait, wait).await.ok().map(|()| permit())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_body_waiting_for_room_gets_it_when_room_is_given_back_and_not_otherwise() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let budget = InspectBudget::new(4 * 1024, Duration::from_millis(300));
+            let all = budget.reserve(Some(4 * 1024), 4 * 1024).await.expect("the whole budget");
+            // No room, none given back: the wait ends empty.
+            assert!(budget.reserve(Some(1024), 4 * 1024).await.is_none());
+            assert_eq!(budget.inner.waiting.load(Ordering::SeqCst), 0, "a timed-out waiter is still counted");
+            // Room given back while a body waits: it gets it.
+            let give_back = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(all);
+            };
+            let (got, ()) = tokio::join!(budget.reserve(Some(2048), 4 * 1024), give_back);
+            assert_eq!(got.as_ref().map(|p| p.kib), Some(2));
+            let rest = budget.reserve(Some(2048), 4 * 1024).await;
+            assert!(rest.is_some(), "the rest is free");
+            assert!(budget.reserve(Some(1), 4 * 1024).await.is_none(), "and no more");
+            drop((got, rest));
+            assert_eq!(budget.inner.free_kib.load(Ordering::SeqCst), 4, "every KiB came back");
+        });
     }
 }

@@ -5,6 +5,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -90,6 +91,11 @@ pub struct Pool {
     idle: ArrayQueue<Idle>,
     /// An idle connection older than this is closed instead of used.
     max_idle: Duration,
+    /// The fewest idle connections seen since the last sweep: that many were
+    /// never needed, and the sweep closes them. (The queue hands out the
+    /// oldest connection first, so without this a burst's connections would
+    /// all stay warm in rotation under light traffic.)
+    low_water: AtomicUsize,
 }
 
 struct Idle {
@@ -109,7 +115,11 @@ const MAX_IDLE: Duration = Duration::from_secs(15);
 const STALE_RETRIES: usize = 2;
 
 impl Pool {
-    /// Puts a connection whose last answer has been read back for the next
+    fn new() -> Self {
+        Self { idle: ArrayQueue::new(POOL_SIZE), max_idle: MAX_IDLE, low_water: AtomicUsize::new(0) }
+    }
+
+    /// Puts a connection whose last exchange is over back for the next
     /// request; closes it when the pool is full.
     fn put(&self, conn: SendRequest<UpstreamBody>) {
         if !conn.is_closed() {
@@ -120,22 +130,35 @@ impl Pool {
     /// An idle connection still open and young enough, if any.
     fn take(&self) -> Option<SendRequest<UpstreamBody>> {
         while let Some(idle) = self.idle.pop() {
+            self.low_water.fetch_min(self.idle.len(), Ordering::Relaxed);
             if !idle.conn.is_closed() && idle.since.elapsed() < self.max_idle {
                 return Some(idle.conn);
             }
         }
+        self.low_water.store(0, Ordering::Relaxed);
         None
     }
 
-    /// Closes the connections that have been idle too long: each one is
-    /// looked at once, the young ones go back.
+    /// Closes half of the connections that were idle all along since the
+    /// last sweep (the fewest idle at any time), so that the pool shrinks to
+    /// what the traffic needs, then those idle too long or closed by the
+    /// upstream; the others go back.
     fn close_stale(&self) {
+        let surplus = self.low_water.swap(usize::MAX, Ordering::Relaxed) / 2;
+        let mut closed = 0;
         for _ in 0..self.idle.len() {
             let Some(idle) = self.idle.pop() else { break };
+            if closed < surplus {
+                closed += 1;
+                continue;
+            }
             if !idle.conn.is_closed() && idle.since.elapsed() < self.max_idle {
+                // A request may have filled the pool meanwhile; then this
+                // one is closed, which costs a reconnect at most.
                 let _ = self.idle.push(idle);
             }
         }
+        self.low_water.fetch_min(self.idle.len(), Ordering::Relaxed);
     }
 }
 
@@ -175,7 +198,7 @@ impl Upstream {
             .path_and_query("/")
             .build()
             .map_err(|e| e.to_string())?;
-        let pool = Arc::new(Pool { idle: ArrayQueue::new(POOL_SIZE), max_idle: MAX_IDLE });
+        let pool = Arc::new(Pool::new());
         Ok(Self { connector, target, pool, timeout: cfg.timeout })
     }
 
@@ -250,9 +273,14 @@ async fn exchange(
     this: Arc<Upstream>,
     mut req: Request<UpstreamBody>,
 ) -> Result<Response<Answer>, (UpstreamError, String)> {
+    // A streamed request body may still be going out when the answer is
+    // over (an upstream may answer early); such a connection goes back only
+    // once it is free.
+    let streamed = matches!(req.body(), http_body_util::Either::Right(_));
     let mut stale = 0;
     loop {
-        let (mut conn, reused) = match this.pool.take().filter(|_| stale < STALE_RETRIES) {
+        let pooled = if stale < STALE_RETRIES { this.pool.take() } else { None };
+        let (mut conn, reused) = match pooled {
             Some(c) => (c, true),
             // Boxed: the handshake's state (a TLS session) is large, and
             // would otherwise be part of every request's future.
@@ -268,7 +296,7 @@ async fn exchange(
         match conn.try_send_request(req).await {
             Ok(resp) => {
                 let pool = this.pool.clone();
-                return Ok(resp.map(|body| Answer { body, back: Some((conn, pool)) }));
+                return Ok(resp.map(|body| Answer { body, back: Some((conn, pool)), streamed }));
             }
             Err(mut e) => match e.take_message() {
                 // Not written: the connection was closed under it (the
@@ -291,6 +319,7 @@ pin_project_lite::pin_project! {
         #[pin]
         body: Incoming,
         back: Option<(SendRequest<UpstreamBody>, Arc<Pool>)>,
+        streamed: bool,
     }
 
     impl PinnedDrop for Answer {
@@ -299,10 +328,26 @@ pin_project_lite::pin_project! {
             if let Some((conn, pool)) = this.back.take() {
                 // An answer with no body (HEAD, 204, 304) is never polled.
                 if this.body.is_end_stream() {
-                    pool.put(conn);
+                    give_back(conn, pool, *this.streamed);
                 }
             }
         }
+    }
+}
+
+/// Puts a connection whose answer has been read back into the pool. One
+/// whose request body was streamed may still be sending it: it goes back
+/// when that is done (or is closed if it fails), so that no request waits
+/// behind another's upload.
+fn give_back(mut conn: SendRequest<UpstreamBody>, pool: Arc<Pool>, streamed: bool) {
+    if !streamed || conn.is_ready() {
+        pool.put(conn);
+    } else if !conn.is_closed() {
+        tokio::spawn(async move {
+            if conn.ready().await.is_ok() {
+                pool.put(conn);
+            }
+        });
     }
 }
 
@@ -319,7 +364,7 @@ impl http_body::Body for Answer {
         match &res {
             Poll::Ready(None) => {
                 if let Some((conn, pool)) = this.back.take() {
-                    pool.put(conn);
+                    give_back(conn, pool, *this.streamed);
                 }
             }
             Poll::Ready(Some(Err(_))) => drop(this.back.take()),

@@ -92,23 +92,26 @@ impl AccessRecord {
     pub fn emit(&self, bytes: u64) {
         let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(sink) = AccessSink::get() {
-            if tracing::enabled!(target: "tokengate::access", tracing::Level::INFO) {
-                sink.write(|buf| {
-                    let mut l = Line::start(buf, sink.json, "INFO", "tokengate::access");
-                    l.ip("client", self.client);
-                    l.text("token", self.token.as_deref().unwrap_or("-"));
-                    l.text("method", self.method.as_str());
-                    l.text("path", self.uri.path());
-                    l.text("action", self.action.as_deref().unwrap_or("-"));
-                    l.text("decision", self.outcome.decision());
-                    l.text("reason", self.outcome.reason());
-                    l.number("upstream_status", self.upstream_status.map_or(0, u64::from));
-                    l.number("bytes", bytes);
-                    l.millis("duration_ms", micros);
-                    l.finish();
-                });
+            if !tracing::enabled!(target: "tokengate::access", tracing::Level::INFO) {
+                return;
             }
-            return;
+            let written = sink.write(|buf| {
+                let mut l = Line::start(buf, sink.json, "INFO", "tokengate::access");
+                l.ip("client", self.client);
+                l.text("token", self.token.as_deref().unwrap_or("-"));
+                l.text("method", self.method.as_str());
+                l.text("path", self.uri.path());
+                l.text("action", self.action.as_deref().unwrap_or("-"));
+                l.text("decision", self.outcome.decision());
+                l.text("reason", self.outcome.reason());
+                l.number("upstream_status", self.upstream_status.map_or(0, u64::from));
+                l.number("bytes", bytes);
+                l.millis("duration_ms", micros);
+                l.finish();
+            });
+            if written {
+                return;
+            }
         }
         let ms = micros as f64 / 1000.0;
         tracing::info!(

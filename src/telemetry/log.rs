@@ -89,8 +89,10 @@ struct Shelf {
 }
 
 /// Past this many bytes waiting on one thread's shelf, lines are dropped
-/// and counted rather than take more memory.
-const SHELF_BYTES: usize = 32 * 1024 * 1024;
+/// and counted rather than take more memory (about 25,000 lines: the pump
+/// takes them every 10 ms, so a thread would have to log 2.5 million lines a
+/// second, or stdout be stuck, to lose any).
+const SHELF_BYTES: usize = 4 * 1024 * 1024;
 
 static ACCESS: std::sync::OnceLock<AccessSink> = std::sync::OnceLock::new();
 
@@ -105,21 +107,24 @@ impl AccessSink {
     }
 
     /// Writes one line with `write` at the end of this thread's shelf.
-    pub fn write(&self, write: impl FnOnce(&mut String)) {
-        MY_SHELF.with(|mine| {
-            let shelf = mine.get_or_init(|| {
-                // Once per thread: the shelf is made known to the pump.
-                let shelf = Arc::new(Shelf { lines: std::sync::Mutex::new(String::with_capacity(64 * 1024)) });
-                self.shelves.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(shelf.clone());
-                shelf
-            });
-            let mut lines = shelf.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if lines.len() < SHELF_BYTES {
-                write(&mut lines);
-            } else {
-                DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+    /// False when this thread is exiting and has no shelf any more.
+    pub fn write(&self, write: impl FnOnce(&mut String)) -> bool {
+        MY_SHELF
+            .try_with(|mine| {
+                let shelf = mine.get_or_init(|| {
+                    // Once per thread: the shelf is made known to the pump.
+                    let shelf = Arc::new(Shelf { lines: std::sync::Mutex::new(String::with_capacity(64 * 1024)) });
+                    self.shelves.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(shelf.clone());
+                    shelf
+                });
+                let mut lines = shelf.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if lines.len() < SHELF_BYTES {
+                    write(&mut lines);
+                } else {
+                    DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .is_ok()
     }
 
     /// Moves every shelf's lines to `out`, leaving each shelf its buffer.
@@ -136,6 +141,10 @@ impl AccessSink {
             }
             let _ = out.write_all(spare.as_bytes());
             spare.clear();
+            // A burst's buffer is not handed on from shelf to shelf.
+            if spare.capacity() > 1024 * 1024 {
+                *spare = String::with_capacity(64 * 1024);
+            }
             wrote = true;
         }
         wrote

@@ -400,3 +400,54 @@ fn an_upstream_that_closes_idle_connections_is_reconnected_without_an_error() {
     }
     assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 4);
 }
+
+#[test]
+fn an_upload_the_upstream_answered_early_does_not_hold_up_the_next_request() {
+    use std::io::{Read, Write};
+    // A scanner that refuses a PUT as soon as it has its head, without
+    // reading the body, and keeps the connection open; GETs it answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => head.push(b[0]),
+                    }
+                }
+                if head.starts_with(b"PUT") {
+                    let _ = c.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n");
+                    // Holds the connection and never reads the body.
+                    std::thread::sleep(Duration::from_secs(30));
+                    return;
+                }
+                let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{OK_BODY}", OK_BODY.len());
+            });
+        }
+    });
+    let gw = Gateway::builder(&format!("http://{addr}"), &standard_tokens().render()).upstream_timeout("8s").start();
+    // Warm the pool with one connection.
+    assert_eq!(gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA")).status, 200);
+    // An upload that stalls after its first bytes; the scanner answers 413.
+    let mut up = std::net::TcpStream::connect(gw.addr).unwrap();
+    write!(
+        up,
+        "PUT /opi/rest/upload?APPTOKEN={ADMIN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    up.write_all(&[b'y'; 1000]).unwrap();
+    let mut answer = [0u8; 64];
+    let n = up.read(&mut answer).unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer[..n]));
+    // The next requests do not wait for that connection to be free (one
+    // that did would get 504 once the upstream timeout is over).
+    for _ in 0..3 {
+        let r = gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    drop(up);
+}
