@@ -31,40 +31,86 @@ enum Class {
 }
 
 fn class(name: &HeaderName) -> Class {
-    match name.as_str() {
-        "connection"
-        | "keep-alive"
-        | "proxy-connection"
-        | "te"
-        | "trailer"
-        | "transfer-encoding"
-        | "upgrade"
-        | "proxy-authorization" => Class::HopByHop,
-        "forwarded" | "x-real-ip" | "x-forwarded-host" | "x-forwarded-proto" | "cookie" => Class::Impersonating,
-        "set-cookie" => Class::SetCookie,
-        "location" | "content-location" | "refresh" | "link" => Class::Pointer,
-        _ => Class::Keep,
+    match DOOMABLE.iter().position(|d| d == name) {
+        Some(i) => DOOMED_AS[i],
+        None if POINTERS.contains(name) => Class::Pointer,
+        None => Class::Keep,
     }
 }
 
+/// Answer headers that may carry the query the upstream was sent.
+const POINTERS: [HeaderName; 4] =
+    [header::LOCATION, header::CONTENT_LOCATION, HeaderName::from_static("refresh"), header::LINK];
+
+/// The class of each of [`DOOMABLE`].
+const DOOMED_AS: [Class; 14] = [
+    Class::HopByHop,
+    Class::HopByHop,
+    Class::HopByHop,
+    Class::HopByHop,
+    Class::HopByHop,
+    Class::HopByHop,
+    Class::HopByHop,
+    Class::HopByHop,
+    Class::Impersonating,
+    Class::Impersonating,
+    Class::Impersonating,
+    Class::Impersonating,
+    Class::Impersonating,
+    Class::SetCookie,
+];
+
+/// Every header name the rewrite may remove, so that removing them needs
+/// no list built per request.
+const DOOMABLE: [HeaderName; 14] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    header::COOKIE,
+    header::SET_COOKIE,
+];
+
 /// Removes every header `drop` says so of, and every header the
-/// `Connection` header names. One pass over the names when there is
-/// nothing to remove, which is the usual case.
+/// `Connection` header names. One pass over the names, and no allocation
+/// unless `Connection` names a header of its own (not `close`, not
+/// `keep-alive`).
 fn remove_where(headers: &mut HeaderMap, drop: impl Fn(Class) -> bool) {
-    if !headers.keys().any(|k| drop(class(k))) {
+    let mut doomed = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = DOOMABLE.iter().position(|d| d == k) {
+            if drop(DOOMED_AS[i]) {
+                doomed |= 1 << i;
+            }
+        }
+    }
+    if doomed == 0 {
         return;
     }
-    let mut doomed: Vec<HeaderName> = headers.keys().filter(|k| drop(class(k))).cloned().collect();
-    doomed.extend(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
-    );
-    for n in doomed {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for n in named {
         headers.remove(n);
+    }
+    for (i, name) in DOOMABLE.iter().enumerate() {
+        if doomed & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -106,6 +152,9 @@ pub fn upstream_uri(
             s.truncate(mark);
         }
     }
+    // Exact length: `Bytes` then takes the buffer as it is (a buffer with
+    // spare room would cost it a second allocation).
+    s.shrink_to_fit();
     Ok(Uri::from_maybe_shared(bytes::Bytes::from(s))?)
 }
 
@@ -157,6 +206,8 @@ fn forwarded_for(r: &Resolved) -> HeaderValue {
         push_ip(&mut s, *hop);
     }
     // Addresses are ASCII: valid header bytes, taken without a copy.
+    let mut s = s.into_bytes();
+    s.shrink_to_fit();
     HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
