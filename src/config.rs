@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 use toml_edit::ImDocument;
 
-use crate::diagnostic::{ConfigError, ConfigErrors, Source};
+use crate::diagnostic::{ConfigErrors, Source};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,14 +183,8 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`, reporting every error found.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read the config file: {e}"),
-            }])
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::whole_file(path, format!("cannot read the config file: {e}")))?;
         Self::parse(path, &text)
     }
 

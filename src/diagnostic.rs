@@ -48,6 +48,13 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// One problem with `file` as a whole (it cannot be read, say).
+    pub fn whole_file(file: &std::path::Path, message: String) -> Self {
+        ConfigErrors(vec![ConfigError { file: file.to_path_buf(), line: 0, column: 0, message }])
+    }
+}
+
 /// The text of a config file, kept so that byte spans can be turned into
 /// line:column while errors are collected.
 pub struct Source<'a> {

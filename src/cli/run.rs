@@ -160,11 +160,7 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
 fn log_listening(what: &str, l: &TcpListener, tls: bool) {
     if let Ok(addr) = l.local_addr() {
         let scheme = if tls { "https" } else { "http" };
-        if what == "proxy" {
-            tracing::info!(%addr, scheme, "proxy listening");
-        } else {
-            tracing::info!(%addr, scheme, "admin listening");
-        }
+        tracing::info!(%addr, scheme, "{what} listening");
     }
 }
 
@@ -188,25 +184,19 @@ fn stop_signals() -> impl std::future::Future<Output = ()> {
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
     async move {
-        let term = async {
-            match term {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        let int = async {
-            match int {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            () = term => {}
-            () = int => {}
+            () = received(term) => {}
+            () = received(int) => {}
         }
+    }
+}
+
+/// The first delivery of a signal; never, when it could not be registered.
+async fn received(signal: std::io::Result<tokio::signal::unix::Signal>) {
+    match signal {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
     }
 }

@@ -31,8 +31,8 @@ enum Class {
 }
 
 fn class(name: &HeaderName) -> Class {
-    match DOOMABLE.iter().position(|d| d == name) {
-        Some(i) => DOOMED_AS[i],
+    match DOOMABLE.iter().find(|(d, _)| d == name) {
+        Some((_, class)) => *class,
         None if POINTERS.contains(name) => Class::Pointer,
         None => Class::Keep,
     }
@@ -42,41 +42,23 @@ fn class(name: &HeaderName) -> Class {
 const POINTERS: [HeaderName; 4] =
     [header::LOCATION, header::CONTENT_LOCATION, HeaderName::from_static("refresh"), header::LINK];
 
-/// The class of each of [`DOOMABLE`].
-const DOOMED_AS: [Class; 14] = [
-    Class::HopByHop,
-    Class::HopByHop,
-    Class::HopByHop,
-    Class::HopByHop,
-    Class::HopByHop,
-    Class::HopByHop,
-    Class::HopByHop,
-    Class::HopByHop,
-    Class::Impersonating,
-    Class::Impersonating,
-    Class::Impersonating,
-    Class::Impersonating,
-    Class::Impersonating,
-    Class::SetCookie,
-];
-
-/// Every header name the rewrite may remove, so that removing them needs
-/// no list built per request.
-const DOOMABLE: [HeaderName; 14] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    header::COOKIE,
-    header::SET_COOKIE,
+/// Every header name the rewrite may remove, with its class, so that
+/// removing them needs no list built per request.
+const DOOMABLE: [(HeaderName, Class); 14] = [
+    (header::CONNECTION, Class::HopByHop),
+    (HeaderName::from_static("keep-alive"), Class::HopByHop),
+    (HeaderName::from_static("proxy-connection"), Class::HopByHop),
+    (header::TE, Class::HopByHop),
+    (header::TRAILER, Class::HopByHop),
+    (header::TRANSFER_ENCODING, Class::HopByHop),
+    (header::UPGRADE, Class::HopByHop),
+    (header::PROXY_AUTHORIZATION, Class::HopByHop),
+    (HeaderName::from_static("forwarded"), Class::Impersonating),
+    (HeaderName::from_static("x-real-ip"), Class::Impersonating),
+    (HeaderName::from_static("x-forwarded-host"), Class::Impersonating),
+    (HeaderName::from_static("x-forwarded-proto"), Class::Impersonating),
+    (header::COOKIE, Class::Impersonating),
+    (header::SET_COOKIE, Class::SetCookie),
 ];
 
 /// Removes every header `drop` says so of, and every header the
@@ -86,10 +68,8 @@ const DOOMABLE: [HeaderName; 14] = [
 fn remove_where(headers: &mut HeaderMap, drop: impl Fn(Class) -> bool) {
     let mut doomed = 0u16;
     for k in headers.keys() {
-        if let Some(i) = DOOMABLE.iter().position(|d| d == k) {
-            if drop(DOOMED_AS[i]) {
-                doomed |= 1 << i;
-            }
+        if let Some(i) = DOOMABLE.iter().position(|(d, class)| d == k && drop(*class)) {
+            doomed |= 1 << i;
         }
     }
     if doomed == 0 {
@@ -107,7 +87,7 @@ fn remove_where(headers: &mut HeaderMap, drop: impl Fn(Class) -> bool) {
     for n in named {
         headers.remove(n);
     }
-    for (i, name) in DOOMABLE.iter().enumerate() {
+    for (i, (name, _)) in DOOMABLE.iter().enumerate() {
         if doomed & (1 << i) != 0 {
             headers.remove(name);
         }

@@ -89,8 +89,6 @@ pub struct Upstream {
 /// Idle connections, oldest first.
 pub struct Pool {
     idle: ArrayQueue<Idle>,
-    /// An idle connection older than this is closed instead of used.
-    max_idle: Duration,
     /// The fewest idle connections seen since the last sweep: that many were
     /// never needed, and the sweep closes them. (The queue hands out the
     /// oldest connection first, so without this a burst's connections would
@@ -116,7 +114,7 @@ const STALE_RETRIES: usize = 2;
 
 impl Pool {
     fn new() -> Self {
-        Self { idle: ArrayQueue::new(POOL_SIZE), max_idle: MAX_IDLE, low_water: AtomicUsize::new(0) }
+        Self { idle: ArrayQueue::new(POOL_SIZE), low_water: AtomicUsize::new(0) }
     }
 
     /// Puts a connection whose last exchange is over back for the next
@@ -131,7 +129,7 @@ impl Pool {
     fn take(&self) -> Option<SendRequest<UpstreamBody>> {
         while let Some(idle) = self.idle.pop() {
             self.low_water.fetch_min(self.idle.len(), Ordering::Relaxed);
-            if !idle.conn.is_closed() && idle.since.elapsed() < self.max_idle {
+            if !idle.conn.is_closed() && idle.since.elapsed() < MAX_IDLE {
                 return Some(idle.conn);
             }
         }
@@ -152,7 +150,7 @@ impl Pool {
                 closed += 1;
                 continue;
             }
-            if !idle.conn.is_closed() && idle.since.elapsed() < self.max_idle {
+            if !idle.conn.is_closed() && idle.since.elapsed() < MAX_IDLE {
                 // A request may have filled the pool meanwhile; then this
                 // one is closed, which costs a reconnect at most.
                 let _ = self.idle.push(idle);

@@ -87,46 +87,37 @@ impl AccessRecord {
         }
     }
 
-    /// Writes the line: straight to the log queue when the logger is
-    /// installed and lets `tokengate::access` through, else as an event.
+    /// Writes the line into its thread's log buffer when the logger is
+    /// installed and lets `tokengate::access` through; without a logger (or
+    /// on a thread that is exiting), straight to stdout.
     pub fn emit(&self, bytes: u64) {
         let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(sink) = AccessSink::get() {
             if !tracing::enabled!(target: "tokengate::access", tracing::Level::INFO) {
                 return;
             }
-            let written = sink.write(|buf| {
-                let mut l = Line::start(buf, sink.json, "INFO", "tokengate::access");
-                l.ip("client", self.client);
-                l.text("token", self.token.as_deref().unwrap_or("-"));
-                l.text("method", self.method.as_str());
-                l.text("path", self.uri.path());
-                l.text("action", self.action.as_deref().unwrap_or("-"));
-                l.text("decision", self.outcome.decision());
-                l.text("reason", self.outcome.reason());
-                l.number("upstream_status", self.upstream_status.map_or(0, u64::from));
-                l.number("bytes", bytes);
-                l.millis("duration_ms", micros);
-                l.finish();
-            });
-            if written {
+            if sink.write(|buf| self.write(buf, sink.json, bytes, micros)) {
                 return;
             }
         }
-        let ms = micros as f64 / 1000.0;
-        tracing::info!(
-            target: "tokengate::access",
-            client = %self.client,
-            token = self.token.as_deref().unwrap_or("-"),
-            method = self.method.as_str(),
-            path = self.uri.path(),
-            action = self.action.as_deref().unwrap_or("-"),
-            decision = self.outcome.decision(),
-            reason = self.outcome.reason(),
-            upstream_status = self.upstream_status.unwrap_or(0),
-            bytes,
-            duration_ms = ms,
-        );
+        let mut line = String::with_capacity(256);
+        self.write(&mut line, AccessSink::get().is_some_and(|s| s.json), bytes, micros);
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
+    }
+
+    fn write(&self, buf: &mut String, json: bool, bytes: u64, micros: u64) {
+        let mut l = Line::start(buf, json, "INFO", "tokengate::access");
+        l.ip("client", self.client);
+        l.text("token", self.token.as_deref().unwrap_or("-"));
+        l.text("method", self.method.as_str());
+        l.text("path", self.uri.path());
+        l.text("action", self.action.as_deref().unwrap_or("-"));
+        l.text("decision", self.outcome.decision());
+        l.text("reason", self.outcome.reason());
+        l.number("upstream_status", self.upstream_status.map_or(0, u64::from));
+        l.number("bytes", bytes);
+        l.millis("duration_ms", micros);
+        l.finish();
     }
 
     /// Keeps at most 64 bytes of an ACTION for the log, as text; anything

@@ -24,15 +24,6 @@ const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 /// Ways the upstream can fail, as label values.
 pub const UPSTREAM_FAILURES: [&str; 3] = ["unreachable", "tls", "timeout"];
 
-/// Reload outcomes, as label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    /// A new table was swapped in.
-    Success,
-    /// The file was invalid; the last good table kept serving.
-    Failure,
-}
-
 /// Every counter the gateway keeps outside the per-token state.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -78,24 +69,17 @@ impl Metrics {
         self.upstream_ready.load(Ordering::Relaxed)
     }
 
-    /// Counts a reload attempt; on success also the table size and the time.
-    pub fn reload(&self, outcome: ReloadOutcome, tokens: usize) {
-        match outcome {
-            ReloadOutcome::Success => {
-                self.reload_success.fetch_add(1, Ordering::Relaxed);
-                self.tokens_loaded.store(tokens as u64, Ordering::Relaxed);
-                let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                self.last_good_load_ms.store(ms, Ordering::Relaxed);
-            }
-            ReloadOutcome::Failure => {
-                self.reload_failure.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    /// Counts a table swapped in (the first load too), its size and the time.
+    pub fn reload_succeeded(&self, tokens: usize) {
+        self.reload_success.fetch_add(1, Ordering::Relaxed);
+        self.tokens_loaded.store(tokens as u64, Ordering::Relaxed);
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_good_load_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Reload attempts so far: (successes, failures). The first load counts.
-    pub fn reloads(&self) -> (u64, u64) {
-        (self.reload_success.load(Ordering::Relaxed), self.reload_failure.load(Ordering::Relaxed))
+    /// Counts an invalid file; the last good table kept serving.
+    pub fn reload_failed(&self) {
+        self.reload_failure.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of everything.
@@ -179,7 +163,7 @@ impl Collector for Scrape {
         {
             let mut fam =
                 enc.encode_descriptor("tokengate_reloads", "Token file loads by outcome.", None, MetricType::Counter)?;
-            let (ok, failed) = m.reloads();
+            let (ok, failed) = (m.reload_success.load(Ordering::Relaxed), m.reload_failure.load(Ordering::Relaxed));
             ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
             ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
         }
@@ -228,8 +212,8 @@ mod tests {
         s.record(5, "127.0.0.1".parse().unwrap(), SystemTime::now());
         m.anonymous_denial(1);
         m.upstream_latency(Duration::from_millis(3));
-        m.reload(ReloadOutcome::Success, 7);
-        m.reload(ReloadOutcome::Failure, 0);
+        m.reload_succeeded(7);
+        m.reload_failed();
         let text = m.render(&states);
         for want in [
             "tokengate_requests_total{decision=\"allowed\",reason=\"ok\",token=\"splunk\"} 1",

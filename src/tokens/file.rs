@@ -117,17 +117,10 @@ pub struct Loaded {
     pub warnings: Vec<ConfigError>,
 }
 
-/// Reads and validates a token file.
+/// Reads (as the reloader does: not while it is being written) and
+/// validates a token file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read the token file: {e}"),
-        }])
-    })?;
-    parse(path, &text)
+    parse(path, &super::reload::read_stable(path)?)
 }
 
 /// Validates the text of a token file read from `path`.

@@ -4,7 +4,7 @@
 //! error is not applied and the last good table keeps serving.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use super::file::{self, Loaded};
 use super::state::StateRegistry;
 use super::table::TokenTable;
 use crate::diagnostic::{ConfigError, ConfigErrors};
-use crate::telemetry::metrics::{Metrics, ReloadOutcome};
+use crate::telemetry::metrics::Metrics;
 
 /// The table requests read, and what a reload needs to replace it.
 pub struct TokenStore {
@@ -30,7 +30,7 @@ pub struct TokenStore {
     /// Hash of the text last parsed (applied or refused): an event whose file
     /// reads the same is not reloaded, one whose file differs is, even when
     /// its fingerprint looks unchanged (coarse timestamps, same size).
-    last_text: std::sync::Mutex<u64>,
+    last_text: AtomicU64,
 }
 
 impl TokenStore {
@@ -42,14 +42,14 @@ impl TokenStore {
         let opened = fingerprint(path);
         let text = read_stable(path)?;
         let Loaded { table, warnings } = file::parse(path, &text)?;
-        metrics.reload(ReloadOutcome::Success, table.len());
+        metrics.reload_succeeded(table.len());
         let store = Self {
             current: ArcSwap::from_pointee(table),
             states,
             path: path.to_path_buf(),
             metrics,
             opened,
-            last_text: std::sync::Mutex::new(text_hash(&text)),
+            last_text: AtomicU64::new(text_hash(&text)),
         };
         Ok((store, warnings))
     }
@@ -72,28 +72,29 @@ impl TokenStore {
     /// Reads the file again; on success swaps the new table in whole, on
     /// failure keeps the current one and logs every error.
     pub fn reload(&self) -> Result<usize, ConfigErrors> {
-        self.reload_if(|_| true).unwrap_or(Ok(self.current().len()))
+        let (started, text, _) = self.read();
+        self.apply(started, text.and_then(|text| file::parse(&self.path, &text)))
     }
 
     /// Reads the file; reloads only when its text differs from the text last
     /// parsed. `None` when it was the same.
     pub fn reload_if_changed(&self) -> Option<Result<usize, ConfigErrors>> {
-        self.reload_if(|changed| changed)
-    }
-
-    fn reload_if(&self, wanted: impl FnOnce(bool) -> bool) -> Option<Result<usize, ConfigErrors>> {
-        let started = Instant::now();
-        let text = read_stable(&self.path);
-        if let Ok(text) = &text {
-            let h = text_hash(text);
-            let mut last = self.last_text.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let changed = *last != h;
-            *last = h;
-            if !wanted(changed) {
-                return None;
-            }
+        let (started, text, changed) = self.read();
+        if text.is_ok() && !changed {
+            return None;
         }
         Some(self.apply(started, text.and_then(|text| file::parse(&self.path, &text))))
+    }
+
+    /// The file's text, and whether it differs from the text last read.
+    fn read(&self) -> (Instant, Result<String, ConfigErrors>, bool) {
+        let started = Instant::now();
+        let text = read_stable(&self.path);
+        let changed = text.as_ref().is_ok_and(|t| {
+            let h = text_hash(t);
+            self.last_text.swap(h, Ordering::Relaxed) != h
+        });
+        (started, text, changed)
     }
 
     fn apply(&self, started: Instant, result: Result<file::Loaded, ConfigErrors>) -> Result<usize, ConfigErrors> {
@@ -106,7 +107,7 @@ impl TokenStore {
                 let old = self.current.swap(Arc::new(loaded.table));
                 // Counters of names gone from the file stay (they are
                 // counters): a name that comes back continues them.
-                self.metrics.reload(ReloadOutcome::Success, n);
+                self.metrics.reload_succeeded(n);
                 tracing::info!(
                     tokens = n,
                     file = %self.path.display(),
@@ -119,7 +120,7 @@ impl TokenStore {
                 Ok(n)
             }
             Err(errors) => {
-                self.metrics.reload(ReloadOutcome::Failure, 0);
+                self.metrics.reload_failed();
                 for e in &errors.0 {
                     tracing::error!(error = %e, "token file not applied; the last good table keeps serving");
                 }
@@ -155,7 +156,7 @@ pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
 
 /// Reads the file, and reads it again if it changed while being read, so a
 /// write in progress is not taken for the new version.
-fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
+pub(crate) fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
     let mut last_err = None;
     for _ in 0..5 {
         let before = fingerprint(path);
@@ -168,15 +169,13 @@ fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
         }
         std::thread::sleep(QUIET);
     }
-    Err(ConfigErrors(vec![ConfigError {
-        file: path.to_path_buf(),
-        line: 0,
-        column: 0,
-        message: match last_err {
+    Err(ConfigErrors::whole_file(
+        path,
+        match last_err {
             Some(e) => format!("cannot read the token file: {e}"),
             None => "the token file kept changing while it was read".into(),
         },
-    }]))
+    ))
 }
 
 /// How long the file must be left alone before it is read after a change.

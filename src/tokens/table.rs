@@ -149,8 +149,7 @@ pub struct TokenRef<'t> {
 impl<'t> TokenRef<'t> {
     /// Its unique name: what logs, metrics and `/tokens` show.
     pub fn name(&self) -> &'t str {
-        let at = self.entry.name_at as usize;
-        &self.table.names[at..at + self.entry.name_len as usize]
+        name_of(&self.table.names, self.entry)
     }
 
     /// `active = false` refuses it with TOKEN_INACTIVE.
@@ -278,7 +277,8 @@ pub struct NewToken<'a> {
 }
 
 fn name_of<'n>(names: &'n str, e: &TokenEntry) -> &'n str {
-    &names[e.name_at as usize..(e.name_at + e.name_len) as usize]
+    let at = e.name_at as usize;
+    &names[at..at + e.name_len as usize]
 }
 
 impl TableBuilder {
