@@ -232,6 +232,12 @@ access_right = "probe-only"
             (case("APPTOKEN=OLD"), Err(TokenExpired)),
             // Row 4: client address.
             (Case { ip: "198.51.100.1", ..case("APPTOKEN=RO") }, Err(IpNotAllowed)),
+            // Two failures: the earlier row answers (§5's order).
+            (case("APPTOKEN=OFF&ACTION=REMOVETARGETDATA"), Err(TokenInactive)),
+            (case("APPTOKEN=OLD&ACTION=REMOVETARGETDATA"), Err(TokenExpired)),
+            (Case { ip: "198.51.100.1", ..case("APPTOKEN=OFF") }, Err(TokenInactive)),
+            (Case { ip: "198.51.100.1", ..case("APPTOKEN=RO&ACTION=REMOVETARGETDATA") }, Err(IpNotAllowed)),
+            (Case { body: "APPTOKEN=AD", ..case("APPTOKEN=RO") }, amb("APPTOKEN is given twice with different values")),
             (Case { ip: "2001:db8::1", ..case("APPTOKEN=RO") }, Ok("ro".into())),
             (Case { xff_bad: true, ..case("APPTOKEN=AD") }, Err(IpNotAllowed)),
             (Case { ip: "198.51.100.1", ..case("APPTOKEN=AD&ACTION=X") }, Ok("admin".into())),

@@ -428,6 +428,47 @@ mod tests {
         }
 
         #[test]
+        fn classify_finds_every_spelling_of_the_names(
+            word in proptest::sample::select(vec!["apptoken", "action", "json", "apptokens", "actio", "jso"]),
+            how in proptest::collection::vec(0u8..3, 9),
+        ) {
+            // Each letter as is, upper case, or percent-encoded.
+            let raw: String = word
+                .chars()
+                .zip(&how)
+                .map(|(c, h)| match h {
+                    0 => c.to_string(),
+                    1 => c.to_ascii_uppercase().to_string(),
+                    _ => format!("%{:02X}", c as u32),
+                })
+                .collect();
+            let want = match word {
+                "apptoken" => Name::AppToken,
+                "action" => Name::Action,
+                "json" => Name::Json,
+                _ => Name::Other,
+            };
+            prop_assert_eq!(classify(raw.as_bytes()), Ok(want), "{}", raw);
+        }
+
+        #[test]
+        fn stripping_removes_exactly_the_apptoken_pieces(pieces in proptest::collection::vec((
+            proptest::sample::select(vec!["APPTOKEN", "apptoken", "%41PPTOKEN", "ApPtOkEn", "ACTION", "JSON", "X", "APPTOKENS", "%2541PPTOKEN"]),
+            "([A-Za-z0-9+]|%41){0,4}",
+        ), 0..6)) {
+            let query = pieces.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&");
+            let mut p = Params::default();
+            prop_assume!(p.scan(query.as_bytes()).is_ok());
+            let mut out = Vec::new();
+            let removed = strip_apptoken(query.as_bytes(), &mut out);
+            let is_token = |n: &str| ["APPTOKEN", "apptoken", "%41PPTOKEN", "ApPtOkEn"].contains(&n);
+            let kept: Vec<String> =
+                pieces.iter().filter(|(n, _)| !is_token(n)).map(|(n, v)| format!("{n}={v}")).collect();
+            prop_assert_eq!(String::from_utf8(out).unwrap(), kept.join("&"));
+            prop_assert_eq!(removed, pieces.iter().any(|(n, _)| is_token(n)));
+        }
+
+        #[test]
         fn stripped_input_has_no_apptoken_and_same_others(q in "[A-Za-z%=&+0-9]{0,40}") {
             let mut p = Params::default();
             if p.scan(q.as_bytes()).is_ok() {

@@ -220,10 +220,18 @@ mod tests {
         h.insert("location", "https://scanner/opi/?APPTOKEN=SECRET&x=1".parse().unwrap());
         h.insert("set-cookie", "JSESSIONID=abc".parse().unwrap());
         h.insert("content-type", "text/xml".parse().unwrap());
+        h.insert("connection", "keep-alive, X-Up".parse().unwrap());
+        h.insert("keep-alive", "timeout=20".parse().unwrap());
+        h.insert("x-up", "1".parse().unwrap());
+        h.insert("trailer", "x-checksum".parse().unwrap());
         downstream_headers(&mut h, Some(&UpstreamToken("SECRET".into())));
         assert_eq!(h["location"], "https://scanner/opi/?APPTOKEN=REDACTED&x=1");
         assert!(h.get("set-cookie").is_none());
         assert_eq!(h["content-type"], "text/xml");
+        for gone in ["connection", "keep-alive", "x-up", "trailer"] {
+            assert!(h.get(gone).is_none(), "{gone} reached the client");
+        }
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn metrics_count_by_decision_reason_and_token() {
         "tokengate_requests_total{decision=\"denied\",reason=\"TOKEN_UNKNOWN\",token=\"\"} 1",
         "tokengate_reloads_total{outcome=\"success\"} 1",
         "tokengate_tokens_loaded 5",
-        "tokengate_upstream_duration_seconds_count",
+        "tokengate_upstream_duration_seconds_count 1\n",
     ] {
         assert!(m.contains(want), "missing {want:?} in\n{m}");
     }

@@ -88,7 +88,10 @@ fn token_new_adds_a_token_the_running_gateway_accepts() {
     });
     assert!(ok.is_some(), "the running gateway did not pick up the new token");
     // A second token gets a different secret.
-    let (_, out2, _) = run_cli(&["token", "new", "-c", &cfg, "--name", "fresh2", "--access-right", "admin"], None);
+    let (code2, out2, err2) =
+        run_cli(&["token", "new", "-c", &cfg, "--name", "fresh2", "--access-right", "admin"], None);
+    assert_eq!(code2, 0, "{err2}");
+    assert_eq!(out2.trim().len(), 64, "{out2}");
     assert_ne!(out2.trim(), token);
 }
 

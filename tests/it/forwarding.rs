@@ -182,6 +182,8 @@ fn upstream_down_is_502_and_slow_is_504() {
     assert_eq!((r.status, r.errorcode().as_deref()), (502, Some("UPSTREAM_UNREACHABLE")));
     // Refusals still answer without the upstream.
     assert_eq!(gw.get("/opi/XMLAPI").status, 401);
+    let m = request(gw.admin, "GET", "/metrics", &[], b"").text();
+    assert!(m.contains("tokengate_upstream_failures_total{kind=\"unreachable\"} 1\n"), "{m}");
 
     let up = MockUpstream::start_with(Reply::Delay(Duration::from_secs(3)));
     let gw = Gateway::builder(&up.url(), &standard_tokens().render()).upstream_timeout("500ms").start();

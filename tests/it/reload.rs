@@ -180,7 +180,8 @@ fn flipping_versions_under_load_never_mixes_or_fails() {
         }));
     }
     let path = gw.path("tokens.toml");
-    for i in 0..100 {
+    // 101 rewrites: the last version differs from the first one.
+    for i in 0..101 {
         rename_save(&path, &version(i % 2 == 1));
         std::thread::sleep(Duration::from_millis(15));
     }
@@ -196,8 +197,23 @@ fn flipping_versions_under_load_never_mixes_or_fails() {
     }
     assert!(results[2].iter().all(|(s, _)| *s == 200), "a valid request failed during reloads");
     let total: usize = results.iter().map(Vec::len).sum();
-    eprintln!("{total} requests during 100 rewrites");
+    eprintln!("{total} requests during 101 rewrites");
     assert!(total > 100);
+    // The watcher was live throughout (not only a table that never changed):
+    // new tables were swapped in, and the last version written is served.
+    let reloads = || {
+        let m = request(gw.admin, "GET", "/metrics", &[], b"").text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("tokengate_reloads_total{outcome=\"success\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_status(&gw, A, 403, Duration::from_secs(2)) && status(&gw, B) == 200,
+        "the last version is not served after {} loads",
+        reloads()
+    );
+    assert!(reloads() >= 2, "{} successful loads for 101 rewrites", reloads());
 }
 
 #[test]

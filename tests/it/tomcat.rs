@@ -1775,6 +1775,8 @@ fn read_only_token_never_gets_a_write_action_to_tomcat() {
     for u in &tally.no_answer {
         println!("no answer: {u}");
     }
+    assert!(h2 > 0, "no HTTP/2 case ran: the listener's HTTP/2 went untested");
+    assert!(tally.upstream_failed.is_empty(), "the gateway failed upstream: {:?}", tally.upstream_failed);
     assert!(
         tally.forwarded > 50,
         "too few requests reached Tomcat ({}): is the gateway refusing everything?",
