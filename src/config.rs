@@ -270,7 +270,7 @@ impl Config {
 
         let mut trusted_proxies = Vec::new();
         for p in &client_ip.trusted_proxies {
-            match crate::tokens::file::parse_cidr(p.get_ref()) {
+            match crate::decide::client_ip::parse_cidr(p.get_ref()) {
                 Some(n) => trusted_proxies.push(n),
                 None => src.error(Some(p.span()), format!("{:?} is not an IP address or CIDR", p.get_ref())),
             }

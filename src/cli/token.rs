@@ -10,7 +10,8 @@ use rand::TryRngCore;
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
 use crate::config::Config;
-use crate::tokens::file::{self, parse_cidr, parse_rfc3339};
+use crate::decide::client_ip::parse_cidr;
+use crate::tokens::file::{self, parse_rfc3339};
 use crate::tokens::table::{Token, TokenHash};
 
 /// `token hash`: a token on stdin, its `token_sha256` on stdout.

@@ -35,6 +35,15 @@ impl TrustedProxies {
     }
 }
 
+/// An address or a CIDR; a bare address is a single host.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Some(n);
+    }
+    s.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
 /// Maps `::ffff:a.b.c.d/n` (n >= 96) to `a.b.c.d/(n-96)`.
 pub fn canonical_net(net: IpNet) -> IpNet {
     if let IpNet::V6(v6) = net {

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -73,7 +73,7 @@ impl Metrics {
     pub fn reload_succeeded(&self, tokens: usize) {
         self.reload_success.fetch_add(1, Ordering::Relaxed);
         self.tokens_loaded.store(tokens as u64, Ordering::Relaxed);
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ms = crate::tokens::state::unix_ms(SystemTime::now());
         self.last_good_load_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -116,7 +116,7 @@ impl Collector for Scrape {
                     ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
                 }
             }
-            for (name, state) in self.states.snapshot() {
+            for state in self.states.snapshot() {
                 // Outcome indexes: one per denial code, then allowed.
                 let reasons = DENIAL_CODES.iter().map(|c| ("denied", *c)).chain([("allowed", "ok")]);
                 for (outcome, (decision, reason)) in reasons.enumerate() {
@@ -124,7 +124,7 @@ impl Collector for Scrape {
                     if n == 0 {
                         continue;
                     }
-                    let labels = [("decision", decision), ("reason", reason), ("token", &*name)];
+                    let labels = [("decision", decision), ("reason", reason), ("token", &*state.name)];
                     ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
                 }
             }

@@ -10,13 +10,12 @@
 //! error.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ipnet::IpNet;
+use crate::decide::client_ip::parse_cidr;
 use rustc_hash::FxHashMap;
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
@@ -439,15 +438,6 @@ impl<'a> Sink<'a> for Builder<'a> {
     fn source(&mut self) -> &mut Source<'a> {
         &mut self.src
     }
-}
-
-/// An address or a CIDR; a bare address is a single host.
-pub fn parse_cidr(s: &str) -> Option<IpNet> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<IpNet>() {
-        return Some(n);
-    }
-    s.parse::<IpAddr>().ok().map(IpNet::from)
 }
 
 /// RFC 3339 with an offset (`Z` or `+hh:mm`).

@@ -29,7 +29,7 @@ impl TokenState {
     /// Records one decision made for this token.
     pub fn record(&self, outcome: usize, ip: IpAddr, now: SystemTime) {
         self.counts[outcome].fetch_add(1, Ordering::Relaxed);
-        let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ms = unix_ms(now);
         self.last_use_ms.fetch_max(ms, Ordering::Relaxed);
         // A per-token lock held for a copy; never shared across tokens.
         if let Ok(mut g) = self.last_ip.lock() {
@@ -80,8 +80,13 @@ impl StateRegistry {
         self.by_name.get(name).map(|s| s.clone())
     }
 
-    /// Every name with its state, for `/metrics` and `/tokens`.
-    pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<TokenState>)> {
-        self.by_name.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    /// Every state (each with its name), for `/metrics`.
+    pub fn snapshot(&self) -> Vec<Arc<TokenState>> {
+        self.by_name.iter().map(|e| e.value().clone()).collect()
     }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
