@@ -67,3 +67,27 @@ fn tokens_view_shows_use_and_never_a_secret() {
         assert!(!text.contains(secret) && !text.contains(&sha256_hex(secret)));
     }
 }
+
+#[test]
+fn use_counts_and_last_client_outlive_a_reload() {
+    let up = MockUpstream::start();
+    let gw = Gateway::start(&up.url(), &standard_tokens().render());
+    assert_eq!(gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA")).status, 200);
+    assert_eq!(gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=REMOVETARGETDATA")).status, 403);
+    // A new table: one token more, rename-saved as an editor does.
+    const NEW: &str = "5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A";
+    let path = gw.path("tokens.toml");
+    let tmp = gw.path("tokens.toml.new");
+    std::fs::write(&tmp, standard_tokens().token(TokenSpec::new("newcomer", NEW, "admin")).render()).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let loaded = poll(std::time::Duration::from_secs(5), || {
+        (gw.get(&format!("/opi/XMLAPI?APPTOKEN={NEW}")).status == 200).then_some(())
+    });
+    assert!(loaded.is_some(), "the new table was not loaded");
+    let v: serde_json::Value = serde_json::from_slice(&request(gw.admin, "GET", "/tokens", &[], b"").body).unwrap();
+    let reader = v["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "reader").unwrap().clone();
+    assert_eq!(reader["requests"]["allowed"], 1, "{reader}");
+    assert_eq!(reader["requests"]["ACTION_NOT_ALLOWED"], 1, "{reader}");
+    assert_eq!(reader["last_client_ip"], "127.0.0.1");
+    assert!(reader["last_use"].is_string());
+}

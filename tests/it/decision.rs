@@ -119,6 +119,11 @@ fn python_client_style_post_passes_or_gets_action_not_allowed() {
     let r = gw.send("POST", &target, &headers, b"ACTION=UPDATETARGETDATA&XMLDATA=%3Cx%2F%3E");
     assert_eq!(r.status, 403);
     assert_eq!(r.errorcode().as_deref(), Some("ACTION_NOT_ALLOWED"));
+    // JSON=1 in the form body shapes the refusal as JSON too.
+    let r = gw.send("POST", &target, &headers, b"ACTION=UPDATETARGETDATA&JSON=1");
+    assert_eq!(r.status, 403);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()));
+    assert_eq!(v["data"]["errorCode"], "ACTION_NOT_ALLOWED");
     assert_eq!(up.count(), 1);
 }
 

@@ -453,3 +453,39 @@ fn an_upload_the_upstream_answered_early_does_not_hold_up_the_next_request() {
     }
     drop(up);
 }
+
+#[test]
+fn a_client_connection_is_kept_alive_and_an_oversized_head_gets_431() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (up, gw) = setup();
+    // Two requests on one connection, each answered in full.
+    let s = std::net::TcpStream::connect(gw.addr).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    for _ in 0..2 {
+        write!(w, "GET /opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).unwrap();
+        assert_eq!(body, OK_BODY.as_bytes());
+    }
+    assert_eq!(up.count(), 2);
+    // A head beyond limits.max_header_bytes (the default 16 KiB).
+    let big = "a".repeat(40 * 1024);
+    let r = request(gw.addr, "GET", &format!("/opi/XMLAPI?APPTOKEN={RO}"), &[("x-big", big.as_str())], b"");
+    assert_eq!(r.status, 431);
+    assert_eq!(up.count(), 2, "an oversized request reached the upstream");
+}
