@@ -21,11 +21,11 @@ use http::{Method, Uri};
 use sha2::{Digest, Sha256};
 
 use tokengate::config::UpstreamToken;
-use tokengate::decide::client_ip::{resolve, ClientIp, PeerAddr, TrustedProxies};
+use tokengate::decide::client_ip::{resolve, ClientIp, PeerAddr, Resolved, TrustedProxies};
 use tokengate::decide::params::{body_kind, strip_apptoken, Params};
 use tokengate::decide::route::CanonicalPath;
-use tokengate::decide::{decide, Asked, BodyCheck};
-use tokengate::proxy::rewrite::{upstream_headers, upstream_uri};
+use tokengate::decide::{decide, BodyCheck, DecisionInput};
+use tokengate::proxy::rewrite::{forwarded_for, upstream_headers, upstream_uri};
 use tokengate::tokens::file::parse;
 use tokengate::tokens::table::{Token, TokenHash, TokenTable};
 
@@ -120,7 +120,7 @@ fn allowed_action(i: usize, k: usize) -> &'static str {
 
 /// Decision inputs for `queries`, as the proxy builds them (GET, no body,
 /// client 127.0.0.1). Leaked: they live as long as the bench process.
-fn asked(queries: Vec<String>, now: SystemTime) -> Vec<Asked<'static>> {
+fn asked(queries: Vec<String>, now: SystemTime) -> Vec<DecisionInput<'static>> {
     let method: &'static Method = Box::leak(Box::new(Method::GET));
     let client = ClientIp(IpAddr::from([127, 0, 0, 1]));
     queries
@@ -128,12 +128,12 @@ fn asked(queries: Vec<String>, now: SystemTime) -> Vec<Asked<'static>> {
         .map(|q| {
             let q: &'static str = q.leak();
             let mut p = Params::default();
-            Asked {
+            DecisionInput {
                 method,
                 path: CanonicalPath::parse("/opi/XMLAPI"),
                 params: p.scan(q.as_bytes()).map(|()| p),
                 body: BodyCheck::Fine,
-                client: Ok(client),
+                client: Ok(Resolved { client, hops: Vec::new() }),
                 now,
             }
         })
@@ -143,9 +143,9 @@ fn asked(queries: Vec<String>, now: SystemTime) -> Vec<Asked<'static>> {
 /// One table size: the table and the requests the decision benches send it.
 struct Decisions {
     table: TokenTable,
-    hot: Vec<Asked<'static>>,
-    unknown: Vec<Asked<'static>>,
-    spread: Vec<Asked<'static>>,
+    hot: Vec<DecisionInput<'static>>,
+    unknown: Vec<DecisionInput<'static>>,
+    spread: Vec<DecisionInput<'static>>,
 }
 
 /// Which requests a decision bench sends.
@@ -183,7 +183,7 @@ impl Decisions {
     }
 
     /// The requests of `set`, and whether they are to be allowed.
-    fn requests(&self, set: Set) -> (&[Asked<'static>], bool) {
+    fn requests(&self, set: Set) -> (&[DecisionInput<'static>], bool) {
         match set {
             Set::Hot => (&self.hot, true),
             Set::Unknown => (&self.unknown, false),
@@ -268,7 +268,7 @@ fn inspect(r: &Request, trusted: &TrustedProxies) -> (bool, bool, bool, bool) {
     let query = r.uri.query().map(str::as_bytes).unwrap_or_default();
     let scanned = params.scan(query).and_then(|()| params.scan(r.body)).map(|()| params);
     let path = CanonicalPath::parse(r.uri.path());
-    let client = resolve(r.peer, r.headers.get_all(xff).iter(), trusted);
+    let client = resolve(r.peer, || r.headers.get_all(xff).iter(), trusted);
     (
         matches!(kind, tokengate::decide::params::BodyKind::Form),
         scanned.is_ok_and(|p| p.json),
@@ -341,14 +341,14 @@ fn bench_rewrite(c: &mut Criterion) {
     let mut headers = incoming.headers.clone();
     headers.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
     headers.insert("te", HeaderValue::from_static("trailers"));
-    let resolved = resolve(incoming.peer, std::iter::empty(), &TrustedProxies::default())
+    let resolved = resolve(incoming.peer, std::iter::empty, &TrustedProxies::default())
         .unwrap_or_else(|_| panic!("an untrusted peer always resolves"));
     // Made once at start, as the proxy does.
     let host = HeaderValue::from_static("hiab.example.net:443");
     g.bench_function("headers", |b| {
         b.iter_batched_ref(
             || headers.clone(),
-            |h| upstream_headers(h, black_box(&host), black_box(&resolved), true),
+            |h| upstream_headers(h, black_box(&host), forwarded_for(black_box(&resolved)), true),
             BatchSize::SmallInput,
         )
     });

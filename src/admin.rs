@@ -10,12 +10,14 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::denial::DENIAL_CODES;
-use crate::proxy::Shared;
-use crate::tokens::state::ALLOWED;
+use strum::IntoEnumIterator;
+
+use crate::denial::DenialCode;
+use crate::proxy::GatewayState;
+use crate::tokens::state::Decision;
 
 /// Answers one admin request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(shared: Arc<GatewayState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()));
     }
@@ -61,7 +63,7 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn tokens_json(shared: &Shared) -> String {
+fn tokens_json(shared: &GatewayState) -> String {
     let table = shared.tokens.current();
     let mut entries: Vec<_> = table.entries().collect();
     entries.sort_by(|a, b| a.name().cmp(b.name()));
@@ -71,11 +73,11 @@ fn tokens_json(shared: &Shared) -> String {
             // A token not used since it was loaded may have no state yet.
             let state = e.existing_state(shared.tokens.states()).unwrap_or_default();
             let mut counts = serde_json::Map::new();
-            counts.insert("allowed".into(), state.count(ALLOWED).into());
-            for (i, code) in DENIAL_CODES.iter().enumerate() {
-                let n = state.count(i);
+            counts.insert("allowed".into(), state.count(Decision::Allowed).into());
+            for code in DenialCode::iter() {
+                let n = state.count(Decision::Denied(code));
                 if n > 0 {
-                    counts.insert((*code).into(), n.into());
+                    counts.insert(code.as_str().into(), n.into());
                 }
             }
             serde_json::json!({

@@ -98,9 +98,9 @@ impl std::fmt::Debug for UpstreamToken {
     }
 }
 
-/// Where requests go.
+/// `[upstream]`, validated: where allowed requests go and with what credential.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct UpstreamConfig {
     /// `http` or `https`.
     pub scheme: Scheme,
     /// host[:port].
@@ -166,8 +166,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TLS for the proxy listener, when set.
     pub tls: Option<TlsFiles>,
-    /// The scanner.
-    pub upstream: Upstream,
+    /// `[upstream]`.
+    pub upstream: UpstreamConfig,
     /// The token file, resolved.
     pub tokens_file: PathBuf,
     /// CIDRs whose X-Forwarded-For is believed.
@@ -265,12 +265,12 @@ impl Config {
             let connect_timeout = duration(u.connect_timeout.as_ref(), Duration::from_secs(5), &mut src);
             let timeout = duration(u.timeout.as_ref(), Duration::from_secs(120), &mut src);
             let (scheme, authority) = url?;
-            Some(Upstream { scheme, authority, apptoken, ca_file, connect_timeout, timeout })
+            Some(UpstreamConfig { scheme, authority, apptoken, ca_file, connect_timeout, timeout })
         });
 
         let mut trusted_proxies = Vec::new();
         for p in &client_ip.trusted_proxies {
-            match crate::decide::client_ip::parse_cidr(p.get_ref()) {
+            match crate::net::parse_cidr(p.get_ref()) {
                 Some(n) => trusted_proxies.push(n),
                 None => src.error(Some(p.span()), format!("{:?} is not an IP address or CIDR", p.get_ref())),
             }

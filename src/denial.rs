@@ -1,12 +1,24 @@
-//! The gateway's refusals: one variant per ERRORCODE of interface.md §5, and
-//! the one function that renders a refusal in the XMLAPI's own shape. Uses
-//! `http` types only. A refusal never echoes the caller's input.
+//! Every answer the gateway gives itself, and the one place it is shaped:
+//! the refusals of interface.md §5 ([`Denial`]), the upstream's failures
+//! ([`UpstreamFailure`]), no room to read a body, and a bug, as one enum
+//! ([`GatewayError`]) with one exhaustive [`GatewayError::into_response`].
+//! Uses `http` types only; a leaf. An answer never echoes the caller's input.
+//!
+//! The codes are not kept in arrays beside the enums: [`DenialCode`] is
+//! derived from [`Denial`] (strum), with its ERRORCODE spelling and its
+//! count, so counters indexed by it cannot fall out of step.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use strum::{EnumCount, EnumDiscriminants, EnumIter, IntoStaticStr};
 
 /// Why a request was refused. The order of variants is the order of §5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumDiscriminants)]
+#[strum_discriminants(
+    name(DenialCode),
+    derive(Hash, EnumCount, EnumIter, IntoStaticStr),
+    strum(serialize_all = "SCREAMING_SNAKE_CASE")
+)]
 pub enum Denial {
     /// No APPTOKEN anywhere the XMLAPI reads it.
     TokenMissing,
@@ -23,26 +35,26 @@ pub enum Denial {
     ActionNotAllowed,
     /// Method and path are covered by none of the right's `routes`.
     RouteNotAllowed,
-    /// The gateway cannot tell with certainty what the request asks for.
-    Ambiguous(&'static str),
+    /// The gateway cannot tell with certainty what the request asks for;
+    /// the text says what it could not tell (a constant, never request data).
+    AmbiguousRequest(&'static str),
     /// The body must be read to decide but is over `inspect_body_bytes`.
     BodyTooLarge,
 }
 
-/// Every reason, as label values and array indexes: `Denial::index()`.
-pub const DENIAL_CODES: [&str; 9] = [
-    "TOKEN_MISSING",
-    "TOKEN_UNKNOWN",
-    "TOKEN_INACTIVE",
-    "TOKEN_EXPIRED",
-    "IP_NOT_ALLOWED",
-    "ACTION_NOT_ALLOWED",
-    "ROUTE_NOT_ALLOWED",
-    "AMBIGUOUS_REQUEST",
-    "BODY_TOO_LARGE",
-];
+impl DenialCode {
+    /// The ERRORCODE, also the `reason` label in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 impl Denial {
+    /// Its code, for counters and labels.
+    pub fn code(self) -> DenialCode {
+        self.into()
+    }
+
     /// The HTTP status of §5.
     pub fn status(self) -> StatusCode {
         match self {
@@ -52,29 +64,9 @@ impl Denial {
             | Denial::IpNotAllowed
             | Denial::ActionNotAllowed
             | Denial::RouteNotAllowed => StatusCode::FORBIDDEN,
-            Denial::Ambiguous(_) => StatusCode::BAD_REQUEST,
+            Denial::AmbiguousRequest(_) => StatusCode::BAD_REQUEST,
             Denial::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
-    }
-
-    /// Position in [`DENIAL_CODES`].
-    pub fn index(self) -> usize {
-        match self {
-            Denial::TokenMissing => 0,
-            Denial::TokenUnknown => 1,
-            Denial::TokenInactive => 2,
-            Denial::TokenExpired => 3,
-            Denial::IpNotAllowed => 4,
-            Denial::ActionNotAllowed => 5,
-            Denial::RouteNotAllowed => 6,
-            Denial::Ambiguous(_) => 7,
-            Denial::BodyTooLarge => 8,
-        }
-    }
-
-    /// The ERRORCODE, also the `reason` in logs and metrics.
-    pub fn code(self) -> &'static str {
-        DENIAL_CODES[self.index()]
     }
 
     /// What the caller is told. A missing and an unknown token read the same.
@@ -86,48 +78,149 @@ impl Denial {
             Denial::IpNotAllowed => "The APPTOKEN may not be used from this address",
             Denial::ActionNotAllowed => "The APPTOKEN does not allow this ACTION",
             Denial::RouteNotAllowed => "The APPTOKEN does not allow this request",
-            Denial::Ambiguous(why) => why,
+            Denial::AmbiguousRequest(why) => why,
             Denial::BodyTooLarge => "The request body is too large to inspect",
         }
     }
+}
 
-    /// The refusal as the XMLAPI would shape it. The bodies of the fixed
-    /// messages are rendered once and shared.
-    pub fn into_response(self, json: bool) -> Response<Bytes> {
-        static RENDERED: std::sync::OnceLock<Vec<[Response<Bytes>; 2]>> = std::sync::OnceLock::new();
-        if matches!(self, Denial::Ambiguous(_)) {
-            return xmlapi_error(self.status(), self.code(), self.message(), json);
-        }
-        let rendered = RENDERED.get_or_init(|| {
-            FIXED.iter().map(|d| [false, true].map(|j| xmlapi_error(d.status(), d.code(), d.message(), j))).collect()
-        });
-        let r = &rendered[self.index()][usize::from(json)];
-        let mut resp = Response::new(r.body().clone());
-        *resp.status_mut() = r.status();
-        *resp.headers_mut() = r.headers().clone();
-        resp
+/// Why an allowed request got no answer from the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumCount, EnumIter, IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
+pub enum UpstreamFailure {
+    /// No connection (refused, reset, DNS): 502.
+    Unreachable,
+    /// The TLS handshake failed (untrusted certificate, wrong name): 502.
+    Tls,
+    /// No answer began within `upstream.timeout`: 504.
+    Timeout,
+}
+
+impl UpstreamFailure {
+    /// The `kind` label of `tokengate_upstream_failures_total`.
+    pub fn label(self) -> &'static str {
+        self.into()
     }
 }
 
-/// The denials with a fixed message, in [`DENIAL_CODES`] order (the
-/// ambiguous one's place holds a stand-in that is never served).
-const FIXED: [Denial; 9] = [
-    Denial::TokenMissing,
-    Denial::TokenUnknown,
-    Denial::TokenInactive,
-    Denial::TokenExpired,
-    Denial::IpNotAllowed,
-    Denial::ActionNotAllowed,
-    Denial::RouteNotAllowed,
-    Denial::Ambiguous(""),
-    Denial::BodyTooLarge,
-];
+/// Every answer the gateway gives itself instead of the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GatewayError {
+    /// A row of §5 refused the request.
+    Denied(Denial),
+    /// The request was allowed; the upstream did not answer (502, 504).
+    Upstream(UpstreamFailure),
+    /// Too many bodies are being read to decide; none could be read in time (503).
+    Busy,
+    /// A bug: a panic while handling the request (500). Its message is never sent.
+    Internal,
+}
 
-/// An error answer in the XMLAPI's shape: XML by default, JSON when the
-/// request carried `JSON=1`. `code` and `message` are the gateway's own
-/// constants, never request data, so they need no escaping beyond the XML
-/// entities below.
-pub fn xmlapi_error(status: StatusCode, code: &str, message: &str, json: bool) -> Response<Bytes> {
+impl From<Denial> for GatewayError {
+    fn from(d: Denial) -> Self {
+        GatewayError::Denied(d)
+    }
+}
+
+impl From<UpstreamFailure> for GatewayError {
+    fn from(f: UpstreamFailure) -> Self {
+        GatewayError::Upstream(f)
+    }
+}
+
+impl GatewayError {
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            GatewayError::Denied(d) => d.status(),
+            GatewayError::Upstream(UpstreamFailure::Unreachable | UpstreamFailure::Tls) => StatusCode::BAD_GATEWAY,
+            GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The ERRORCODE, also the `reason` in the access log.
+    pub fn code(self) -> &'static str {
+        match self {
+            GatewayError::Denied(d) => d.code().as_str(),
+            GatewayError::Upstream(UpstreamFailure::Unreachable) => "UPSTREAM_UNREACHABLE",
+            GatewayError::Upstream(UpstreamFailure::Tls) => "UPSTREAM_TLS",
+            GatewayError::Upstream(UpstreamFailure::Timeout) => "UPSTREAM_TIMEOUT",
+            GatewayError::Busy => "GATEWAY_BUSY",
+            GatewayError::Internal => "INTERNAL_ERROR",
+        }
+    }
+
+    /// What the caller is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            GatewayError::Denied(d) => d.message(),
+            GatewayError::Upstream(UpstreamFailure::Unreachable) => "The scanner could not be reached",
+            GatewayError::Upstream(UpstreamFailure::Tls) => "The scanner's TLS certificate was not accepted",
+            GatewayError::Upstream(UpstreamFailure::Timeout) => "The scanner did not answer in time",
+            GatewayError::Busy => "The gateway is reading too many request bodies at once; try again",
+            GatewayError::Internal => "The gateway failed to handle the request",
+        }
+    }
+
+    /// The answer in the XMLAPI's shape: XML by default, JSON when the
+    /// request carried `JSON=1`. The refusals with a fixed message (the
+    /// common ones: an unknown token, a forbidden ACTION) are rendered once
+    /// and shared.
+    pub fn into_response(self, json: bool) -> Response<Bytes> {
+        match self {
+            GatewayError::Denied(d) if !matches!(d, Denial::AmbiguousRequest(_)) => shared_denial(d, json),
+            GatewayError::Denied(_) | GatewayError::Upstream(_) | GatewayError::Busy | GatewayError::Internal => {
+                render(self.status(), self.code(), self.message(), json)
+            }
+        }
+    }
+}
+
+/// A fixed refusal from the bodies rendered at first use, one per code and shape.
+fn shared_denial(d: Denial, json: bool) -> Response<Bytes> {
+    use strum::IntoEnumIterator;
+    static RENDERED: std::sync::OnceLock<Vec<[Response<Bytes>; 2]>> = std::sync::OnceLock::new();
+    let rendered = RENDERED.get_or_init(|| {
+        // The ambiguous code's entry is never served (its message varies):
+        // it is there so that the vector is indexed by code.
+        DenialCode::iter().map(|c| [false, true].map(|j| render(status_of(c), c.as_str(), message_of(c), j))).collect()
+    });
+    let r = &rendered[d.code() as usize][usize::from(json)];
+    let mut resp = Response::new(r.body().clone());
+    *resp.status_mut() = r.status();
+    *resp.headers_mut() = r.headers().clone();
+    resp
+}
+
+/// The status and message of a code whose denial has a fixed message.
+fn fixed(code: DenialCode) -> Denial {
+    match code {
+        DenialCode::TokenMissing => Denial::TokenMissing,
+        DenialCode::TokenUnknown => Denial::TokenUnknown,
+        DenialCode::TokenInactive => Denial::TokenInactive,
+        DenialCode::TokenExpired => Denial::TokenExpired,
+        DenialCode::IpNotAllowed => Denial::IpNotAllowed,
+        DenialCode::ActionNotAllowed => Denial::ActionNotAllowed,
+        DenialCode::RouteNotAllowed => Denial::RouteNotAllowed,
+        DenialCode::AmbiguousRequest => Denial::AmbiguousRequest("The request is ambiguous"),
+        DenialCode::BodyTooLarge => Denial::BodyTooLarge,
+    }
+}
+
+fn status_of(code: DenialCode) -> StatusCode {
+    fixed(code).status()
+}
+
+fn message_of(code: DenialCode) -> &'static str {
+    fixed(code).message()
+}
+
+/// An error answer in the XMLAPI's shape. `code` and `message` are the
+/// gateway's own constants, never request data, so they need no escaping
+/// beyond the XML entities below.
+fn render(status: StatusCode, code: &str, message: &str, json: bool) -> Response<Bytes> {
     let (body, content_type) = if json {
         let body = serde_json::json!({
             "success": false,
@@ -159,47 +252,76 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::IntoEnumIterator;
 
     #[test]
     fn every_denial_has_its_code_and_status() {
         let all = [
-            (Denial::TokenMissing, 401),
-            (Denial::TokenUnknown, 401),
-            (Denial::TokenInactive, 403),
-            (Denial::TokenExpired, 403),
-            (Denial::IpNotAllowed, 403),
-            (Denial::ActionNotAllowed, 403),
-            (Denial::RouteNotAllowed, 403),
-            (Denial::Ambiguous("x"), 400),
-            (Denial::BodyTooLarge, 413),
+            (Denial::TokenMissing, 401, "TOKEN_MISSING"),
+            (Denial::TokenUnknown, 401, "TOKEN_UNKNOWN"),
+            (Denial::TokenInactive, 403, "TOKEN_INACTIVE"),
+            (Denial::TokenExpired, 403, "TOKEN_EXPIRED"),
+            (Denial::IpNotAllowed, 403, "IP_NOT_ALLOWED"),
+            (Denial::ActionNotAllowed, 403, "ACTION_NOT_ALLOWED"),
+            (Denial::RouteNotAllowed, 403, "ROUTE_NOT_ALLOWED"),
+            (Denial::AmbiguousRequest("x"), 400, "AMBIGUOUS_REQUEST"),
+            (Denial::BodyTooLarge, 413, "BODY_TOO_LARGE"),
         ];
-        for (i, (d, status)) in all.into_iter().enumerate() {
-            assert_eq!(d.index(), i);
+        assert_eq!(all.len(), DenialCode::COUNT);
+        for (i, (d, status, code)) in all.into_iter().enumerate() {
+            assert_eq!(d.code() as usize, i, "{d:?}: codes follow §5's order");
             assert_eq!(d.status().as_u16(), status);
+            assert_eq!(d.code().as_str(), code);
+            assert_eq!(fixed(d.code()).code(), d.code());
         }
     }
 
     #[test]
+    fn gateway_errors_have_their_codes_and_statuses() {
+        let all = [
+            (GatewayError::Upstream(UpstreamFailure::Unreachable), 502, "UPSTREAM_UNREACHABLE", "unreachable"),
+            (GatewayError::Upstream(UpstreamFailure::Tls), 502, "UPSTREAM_TLS", "tls"),
+            (GatewayError::Upstream(UpstreamFailure::Timeout), 504, "UPSTREAM_TIMEOUT", "timeout"),
+        ];
+        for (e, status, code, label) in all {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code));
+            let GatewayError::Upstream(f) = e else { unreachable!() };
+            assert_eq!(f.label(), label);
+        }
+        assert_eq!((GatewayError::Busy.status().as_u16(), GatewayError::Busy.code()), (503, "GATEWAY_BUSY"));
+        assert_eq!((GatewayError::Internal.status().as_u16(), GatewayError::Internal.code()), (500, "INTERNAL_ERROR"));
+    }
+
+    #[test]
     fn xml_and_json_shapes() {
-        let xml = Denial::ActionNotAllowed.into_response(false);
+        let xml = GatewayError::Denied(Denial::ActionNotAllowed).into_response(false);
         let body = std::str::from_utf8(xml.body()).unwrap();
         assert!(body.contains("<SUCCESS>false</SUCCESS>"));
         assert!(body.contains("<ERRORCODE>ACTION_NOT_ALLOWED</ERRORCODE>"));
-        let json = Denial::TokenUnknown.into_response(true);
+        let json = GatewayError::Denied(Denial::TokenUnknown).into_response(true);
         let v: serde_json::Value = serde_json::from_slice(json.body()).unwrap();
         assert_eq!(v["success"], false);
         assert_eq!(v["data"]["errorCode"], "TOKEN_UNKNOWN");
         assert_eq!(v["data"]["errorMessage"], "A valid APPTOKEN is required");
-        for (i, d) in FIXED.into_iter().enumerate() {
-            assert_eq!(d.index(), i);
+        let busy = GatewayError::Busy.into_response(true);
+        let v: serde_json::Value = serde_json::from_slice(busy.body()).unwrap();
+        assert_eq!(v["data"]["errorCode"], "GATEWAY_BUSY");
+    }
+
+    #[test]
+    fn shared_bodies_are_what_a_fresh_rendering_gives() {
+        for code in DenialCode::iter().filter(|c| *c != DenialCode::AmbiguousRequest) {
+            let d = fixed(code);
             for json in [false, true] {
-                let shared = d.into_response(json);
-                let fresh = xmlapi_error(d.status(), d.code(), d.message(), json);
+                let shared = GatewayError::Denied(d).into_response(json);
+                let fresh = render(d.status(), d.code().as_str(), d.message(), json);
                 assert_eq!(
                     (shared.status(), shared.headers(), shared.body()),
                     (fresh.status(), fresh.headers(), fresh.body())
                 );
             }
         }
+        let amb = GatewayError::Denied(Denial::AmbiguousRequest("because")).into_response(false);
+        assert!(std::str::from_utf8(amb.body()).unwrap().contains("<MESSAGE>because</MESSAGE>"));
     }
 }

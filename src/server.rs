@@ -2,8 +2,10 @@
 //! connection limit, the header and keep-alive timeouts, and graceful
 //! shutdown. Knows nothing of tokens: it runs whatever service it is given.
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,21 +21,44 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, TlsFiles};
 
+/// Why the `[server.tls]` pair could not be loaded.
+#[derive(Debug)]
+pub enum TlsSetupError {
+    /// The certificate chain could not be read as PEM.
+    Cert(PathBuf, String),
+    /// The private key could not be read as PEM.
+    Key(PathBuf, String),
+    /// rustls refused the pair (a key that does not match, say).
+    Rustls(rustls::Error),
+}
+
+impl fmt::Display for TlsSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsSetupError::Cert(p, e) => write!(f, "cannot read server.tls.cert {}: {e}", p.display()),
+            TlsSetupError::Key(p, e) => write!(f, "cannot read server.tls.key {}: {e}", p.display()),
+            TlsSetupError::Rustls(e) => write!(f, "server.tls: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsSetupError {}
+
 /// Builds a rustls acceptor from PEM files, offering HTTP/2 and HTTP/1.1.
-pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsSetupError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read server.tls.cert {}: {e}", files.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("cannot read server.tls.key {}: {e}", files.key.display()))?;
+        .map_err(|e| TlsSetupError::Cert(files.cert.clone(), e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsSetupError::Key(files.key.clone(), e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsSetupError::Rustls)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("server.tls: {e}"))?;
+        .map_err(TlsSetupError::Rustls)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }

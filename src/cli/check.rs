@@ -23,7 +23,7 @@ pub fn check(config: &Path) -> i32 {
             files_ok = false;
         }
     }
-    if let Err(e) = crate::proxy::upstream::Upstream::new(&cfg.upstream) {
+    if let Err(e) = crate::proxy::upstream::UpstreamClient::new(&cfg.upstream) {
         eprintln!("{}: {e}", config.display());
         files_ok = false;
     }

@@ -77,7 +77,12 @@ impl Cli {
             Command::Token(TokenCommand::List { config }) => token::list(&config),
             Command::Token(TokenCommand::New { name, access_right, ips, expires, config }) => token::new(
                 &config,
-                &token::NewToken { name: &name, access_right: &access_right, ips: &ips, expires: expires.as_deref() },
+                &token::NewTokenRequest {
+                    name: &name,
+                    access_right: &access_right,
+                    ips: &ips,
+                    expires: expires.as_deref(),
+                },
             ),
         }
     }

@@ -1,29 +1,71 @@
 //! `tokengate run`: load both files (every error printed, exit 1, when either
 //! is invalid), bind the listeners, and serve until SIGTERM or Ctrl-C.
 
-use std::path::Path;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::decide::client_ip::{PeerAddr, TrustedProxies};
-use crate::proxy::upstream::Upstream;
-use crate::proxy::Shared;
+use crate::decide::client_ip::PeerAddr;
+use crate::diagnostic::ConfigErrors;
+use crate::proxy::upstream::{UpstreamClient, UpstreamSetupError};
+use crate::proxy::GatewayState;
+use crate::server::TlsSetupError;
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::reload::{self, TokenStore};
 use crate::{admin, server, stack, telemetry};
 
+/// Why the gateway did not start. Each is printed, and `run` exits 1.
+#[derive(Debug)]
+enum StartError {
+    /// `gateway.toml` is invalid.
+    Config(ConfigErrors),
+    /// The token file is invalid (there is no last good table at start).
+    Tokens(ConfigErrors),
+    /// `upstream.ca_file` could not be used.
+    Upstream(PathBuf, UpstreamSetupError),
+    /// The `[server.tls]` pair could not be loaded.
+    Tls(PathBuf, TlsSetupError),
+    /// The upstream's host does not make a Host header.
+    UpstreamHost(PathBuf),
+    /// A listener could not be bound.
+    Bind(PathBuf, SocketAddr, std::io::Error),
+    /// The async runtime could not be started.
+    Runtime(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(errors) | StartError::Tokens(errors) => write!(f, "{errors}"),
+            StartError::Upstream(cfg, e) => write!(f, "{}: {e}", cfg.display()),
+            StartError::Tls(cfg, e) => write!(f, "{}: {e}", cfg.display()),
+            StartError::UpstreamHost(cfg) => {
+                write!(f, "{}: the upstream host is not a valid Host header", cfg.display())
+            }
+            StartError::Bind(cfg, addr, e) => write!(f, "{}: cannot listen on {addr}: {e}", cfg.display()),
+            StartError::Runtime(e) => write!(f, "cannot start the runtime: {e}"),
+        }
+    }
+}
+
 /// Serves; returns the exit code.
 pub fn run(config: &Path) -> i32 {
-    let cfg = match Config::load(config) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return 1;
+    match start_and_serve(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
         }
-    };
+    }
+}
+
+fn start_and_serve(config: &Path) -> Result<(), StartError> {
+    let cfg = Config::load(config).map_err(StartError::Config)?;
     let _log = telemetry::log::init(cfg.log_format);
     std::panic::set_hook(Box::new(|info| {
         // The location only: a panic message could quote request data.
@@ -39,73 +81,29 @@ pub fn run(config: &Path) -> i32 {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let rt = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return 1;
-        }
-    };
+    let rt = builder.enable_all().build().map_err(StartError::Runtime)?;
     rt.block_on(serve(cfg, if one_cpu { "current_thread" } else { "multi_thread" }))
 }
 
-async fn serve(cfg: Config, scheduler: &'static str) -> i32 {
+async fn serve(cfg: Config, scheduler: &'static str) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
-    let (tokens, warnings) = match TokenStore::open(&cfg.tokens_file, metrics.clone()) {
-        Ok(t) => t,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return 1;
-        }
-    };
+    let (tokens, warnings) = TokenStore::open(&cfg.tokens_file).map_err(StartError::Tokens)?;
+    metrics.reload_succeeded(tokens.current().len());
     for w in warnings {
         tracing::warn!(warning = %w, "token file");
     }
-    let upstream = match Upstream::new(&cfg.upstream) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("{}: {e}", cfg.path.display());
-            return 1;
-        }
-    };
-    let tls = match cfg.tls.as_ref().map(server::tls_acceptor).transpose() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{}: {e}", cfg.path.display());
-            return 1;
-        }
-    };
-    let (proxy_listener, admin_listener) = match (bind(cfg.listen).await, bind(cfg.admin_listen).await) {
-        (Ok(p), Ok(a)) => (p, a),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("{}: {e}", cfg.path.display());
-            return 1;
-        }
-    };
+    let upstream = UpstreamClient::new(&cfg.upstream).map_err(|e| StartError::Upstream(cfg.path.clone(), e))?;
+    let tls =
+        cfg.tls.as_ref().map(server::tls_acceptor).transpose().map_err(|e| StartError::Tls(cfg.path.clone(), e))?;
+    let proxy_listener = bind(&cfg, cfg.listen).await?;
+    let admin_listener = bind(&cfg, cfg.admin_listen).await?;
     // Signals are taken over before anyone is told the gateway is up.
     let hup = reload::listen_for_sighup();
     let stop = stop_signals();
     let table_size = tokens.current().len();
-    let shared = Arc::new(Shared {
-        tokens: Arc::new(tokens),
-        metrics,
-        upstream: Arc::new(upstream),
-        upstream_cfg: cfg.upstream.clone(),
-        trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
-        inspect_body_bytes: cfg.limits.inspect_body_bytes,
-        inspect_budget: crate::proxy::InspectBudget::new(
-            cfg.limits.inspect_body_bytes.saturating_mul(64),
-            // A body waits briefly for room, then gets a clear 503.
-            cfg.limits.body_idle_timeout.min(std::time::Duration::from_secs(1)),
-        ),
-        upstream_host: match http::HeaderValue::from_str(cfg.upstream.authority.as_str()) {
-            Ok(h) => h,
-            Err(_) => {
-                eprintln!("{}: the upstream host is not a valid Host header", cfg.path.display());
-                return 1;
-            }
-        },
-    });
+    let shared = GatewayState::new(&cfg, Arc::new(tokens), metrics, upstream)
+        .map_err(|_| StartError::UpstreamHost(cfg.path.clone()))?;
+    let shared = Arc::new(shared);
     log_listening("proxy", &proxy_listener, tls.is_some());
     log_listening("admin", &admin_listener, false);
     tracing::info!(
@@ -128,9 +126,14 @@ async fn serve(cfg: Config, scheduler: &'static str) -> i32 {
         let svc = tower::service_fn(move |req| admin::handle(admin_shared.clone(), req));
         server::serve(admin_listener, None, admin_limits, move |_| svc.clone(), admin_stop).await;
     });
-    tokio::spawn(reload::follow(shared.tokens.clone(), hup));
+    // Each reload's outcome is counted here: the token store knows no metrics.
+    let reload_metrics = shared.metrics.clone();
+    tokio::spawn(reload::follow(shared.tokens.clone(), hup, move |outcome| match outcome {
+        Ok(tokens) => reload_metrics.reload_succeeded(*tokens),
+        Err(_) => reload_metrics.reload_failed(),
+    }));
     tokio::spawn(probe_upstream(shared.clone()));
-    tokio::spawn(crate::proxy::upstream::Upstream::close_idle(shared.upstream.pool()));
+    tokio::spawn(shared.upstream.pool().sweep());
 
     tokio::spawn(async move {
         stop.await;
@@ -139,22 +142,21 @@ async fn serve(cfg: Config, scheduler: &'static str) -> i32 {
     });
 
     let proxy_shared = shared.clone();
-    let idle = cfg.limits.body_idle_timeout;
     server::serve(
         proxy_listener,
         tls,
         cfg.limits.clone(),
-        move |peer| stack::proxy(proxy_shared.clone(), PeerAddr(peer.ip()), idle),
+        move |peer| stack::proxy(proxy_shared.clone(), PeerAddr(peer.ip())),
         stopped(stop_rx),
     )
     .await;
     let _ = admin_task.await;
     tracing::info!("stopped");
-    0
+    Ok(())
 }
 
-async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+async fn bind(cfg: &Config, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind(cfg.path.clone(), addr, e))
 }
 
 fn log_listening(what: &str, l: &TcpListener, tls: bool) {
@@ -165,7 +167,7 @@ fn log_listening(what: &str, l: &TcpListener, tls: bool) {
 }
 
 /// Marks the upstream ready once it answers anything; `/readyz` reports it.
-async fn probe_upstream(shared: Arc<Shared>) {
+async fn probe_upstream(shared: Arc<GatewayState>) {
     let mut wait = Duration::from_millis(200);
     while !shared.metrics.upstream_ready() {
         if shared.upstream.probe(&shared.upstream_host).await {

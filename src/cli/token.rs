@@ -10,7 +10,7 @@ use rand::TryRngCore;
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
 use crate::config::Config;
-use crate::decide::client_ip::parse_cidr;
+use crate::net::parse_cidr;
 use crate::tokens::file::{self, parse_rfc3339};
 use crate::tokens::table::{Token, TokenHash};
 
@@ -83,8 +83,8 @@ pub fn list(config: &Path) -> i32 {
     0
 }
 
-/// What `token new` was asked for.
-pub struct NewToken<'a> {
+/// What `token new` was asked for on the command line.
+pub struct NewTokenRequest<'a> {
     /// Unique name.
     pub name: &'a str,
     /// An access right of the file.
@@ -98,7 +98,7 @@ pub struct NewToken<'a> {
 /// `token new`: prints the new token once on stdout and adds its digest to
 /// the token file, which is replaced atomically so a running gateway never
 /// reads half of it.
-pub fn new(config: &Path, req: &NewToken<'_>) -> i32 {
+pub fn new(config: &Path, req: &NewTokenRequest<'_>) -> i32 {
     let Some(path) = tokens_file(config) else {
         return 1;
     };

@@ -1,11 +1,8 @@
 //! The decision of interface.md §5 as a pure function of what the request
 //! asks and the token table: a grant or a refusal. No I/O, no clock, no
-//! metrics: everything it needs is in [`Asked`].
+//! metrics: everything it needs is in [`DecisionInput`].
 
 pub mod client_ip;
-mod escape;
-
-pub(crate) use escape::hex_val;
 pub mod params;
 pub mod route;
 
@@ -15,8 +12,8 @@ use http::Method;
 
 use crate::denial::Denial;
 use crate::tokens::table::{Token, TokenHash, TokenRef, TokenTable};
-use client_ip::{BadForwardedFor, ClientIp};
-use params::{Malformed, Params, Slot};
+use client_ip::{BadForwardedFor, Resolved};
+use params::{Malformed, ParamValue, Params};
 use route::{CanonicalPath, NotCanonical};
 
 /// What became of the body before deciding.
@@ -30,10 +27,11 @@ pub enum BodyCheck {
     Refused(&'static str),
 }
 
-/// Everything the decision looks at, gathered from one request.
+/// Everything the decision looks at, gathered from one request (by
+/// `proxy::gather`, or by a test).
 #[derive(Debug)]
-pub struct Asked<'a> {
-    /// The request method.
+pub struct DecisionInput<'a> {
+    /// The request method, for routes.
     pub method: &'a Method,
     /// The path as the upstream will map it.
     pub path: Result<CanonicalPath<'a>, NotCanonical>,
@@ -41,18 +39,31 @@ pub struct Asked<'a> {
     pub params: Result<Params<'a>, Malformed>,
     /// What became of the body.
     pub body: BodyCheck,
-    /// The client address.
-    pub client: Result<ClientIp, BadForwardedFor>,
+    /// The client address, and the trusted proxies it came through.
+    pub client: Result<Resolved, BadForwardedFor>,
     /// The time the decision is made at (for `expires`).
     pub now: SystemTime,
+}
+
+/// A grant: every row passed. It carries what the rows established, so
+/// that nothing after the decision has to check them again.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'t, 'i, 'r> {
+    /// The token, for its counters and name.
+    pub token: TokenRef<'t>,
+    /// The path that was matched: what goes upstream.
+    pub path: &'i CanonicalPath<'r>,
+    /// The client the decision was made for.
+    pub client: &'i Resolved,
 }
 
 /// A refusal, with the token when one was found (for its counters).
 #[derive(Debug)]
 pub struct Refusal<'t> {
-    /// Why.
+    /// The row that refused, and with what code.
     pub denial: Denial,
-    /// The token, from step 2 on.
+    /// The token, when the refusal came after it was found (row 2 on), so
+    /// that its counters can be charged.
     pub token: Option<TokenRef<'t>>,
 }
 
@@ -61,22 +72,27 @@ fn refuse(denial: Denial) -> Refusal<'static> {
 }
 
 /// Decides a request, row by row of §5; the first failing row answers.
-pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<TokenRef<'t>, Refusal<'t>> {
+pub fn decide<'t, 'i, 'r>(
+    table: &'t TokenTable,
+    asked: &'i DecisionInput<'r>,
+) -> Result<Grant<'t, 'i, 'r>, Refusal<'t>> {
     // Row 1: find APPTOKEN. A parameter name that cannot be decoded could be
     // APPTOKEN or ACTION, so nothing after this row can be trusted.
     let params = asked
         .params
         .as_ref()
-        .map_err(|Malformed| refuse(Denial::Ambiguous("A parameter has a malformed percent-escape")))?;
+        .map_err(|Malformed| refuse(Denial::AmbiguousRequest("A parameter has a malformed percent-escape")))?;
     let token = match &params.apptoken {
-        Slot::One(t) => t,
-        Slot::Conflict => return Err(refuse(Denial::Ambiguous("APPTOKEN is given twice with different values"))),
+        ParamValue::One(t) => t,
+        ParamValue::Conflict => {
+            return Err(refuse(Denial::AmbiguousRequest("APPTOKEN is given twice with different values")))
+        }
         // The token may be in the body we could not read: say why it was not.
-        Slot::Absent => {
+        ParamValue::Absent => {
             return Err(refuse(match asked.body {
                 BodyCheck::Fine => Denial::TokenMissing,
                 BodyCheck::TooLarge => Denial::BodyTooLarge,
-                BodyCheck::Refused(why) => Denial::Ambiguous(why),
+                BodyCheck::Refused(why) => Denial::AmbiguousRequest(why),
             }))
         }
     };
@@ -95,8 +111,8 @@ pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<TokenRef<'
 
     // Row 4: the client address; an unreadable X-Forwarded-For from a trusted
     // proxy means the address is unknown, which no restriction allows.
-    let client = asked.client.map_err(|BadForwardedFor| deny(Denial::IpNotAllowed))?;
-    if !entry.ip_restriction().allows(client.0) {
+    let client = asked.client.as_ref().map_err(|BadForwardedFor| deny(Denial::IpNotAllowed))?;
+    if !entry.ip_restriction().allows(client.client.0) {
         return Err(deny(Denial::IpNotAllowed));
     }
 
@@ -104,19 +120,20 @@ pub fn decide<'t>(table: &'t TokenTable, asked: &Asked<'_>) -> Result<TokenRef<'
     match asked.body {
         BodyCheck::Fine => {}
         BodyCheck::TooLarge => return Err(deny(Denial::BodyTooLarge)),
-        BodyCheck::Refused(why) => return Err(deny(Denial::Ambiguous(why))),
+        BodyCheck::Refused(why) => return Err(deny(Denial::AmbiguousRequest(why))),
     }
-    let path = asked.path.as_ref().map_err(|NotCanonical(why)| deny(Denial::Ambiguous(why)))?;
+    let path = asked.path.as_ref().map_err(|NotCanonical(why)| deny(Denial::AmbiguousRequest(why)))?;
+    let grant = Grant { token: entry, path, client };
     if path.is_xmlapi() {
         match &params.action {
             // The clients' login probe.
-            Slot::Absent => Ok(entry),
-            Slot::Conflict => Err(deny(Denial::Ambiguous("ACTION is given twice with different values"))),
-            Slot::One(action) if entry.right().actions.allows(action) => Ok(entry),
-            Slot::One(_) => Err(deny(Denial::ActionNotAllowed)),
+            ParamValue::Absent => Ok(grant),
+            ParamValue::Conflict => Err(deny(Denial::AmbiguousRequest("ACTION is given twice with different values"))),
+            ParamValue::One(action) if entry.right().actions.allows(action) => Ok(grant),
+            ParamValue::One(_) => Err(deny(Denial::ActionNotAllowed)),
         }
-    } else if entry.right().routes.iter().any(|r| r.matches(asked.method, path)) {
-        Ok(entry)
+    } else if entry.right().routes.iter().any(|r| r.matches(asked.method, path.as_str())) {
+        Ok(grant)
     } else {
         Err(deny(Denial::RouteNotAllowed))
     }
@@ -170,6 +187,10 @@ ip_restriction = []
 access_right = "probe-only"
 "#;
 
+    fn client(ip: &str) -> Resolved {
+        Resolved { client: client_ip::ClientIp(ip.parse().unwrap()), hops: Vec::new() }
+    }
+
     fn table() -> TokenTable {
         parse(Path::new("t.toml"), FILE).unwrap().table
     }
@@ -199,22 +220,22 @@ access_right = "probe-only"
     fn run(t: &TokenTable, c: &Case) -> Result<String, Denial> {
         let mut p = Params::default();
         let params = p.scan(c.query.as_bytes()).and_then(|()| p.scan(c.body.as_bytes())).map(|()| p);
-        let asked = Asked {
+        let asked = DecisionInput {
             method: &c.method,
             path: CanonicalPath::parse(c.path),
             params,
             body: c.body_check,
-            client: if c.xff_bad { Err(BadForwardedFor) } else { Ok(ClientIp(c.ip.parse().unwrap())) },
+            client: if c.xff_bad { Err(BadForwardedFor) } else { Ok(client(c.ip)) },
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         };
-        decide(t, &asked).map(|e| e.name().to_string()).map_err(|r| r.denial)
+        decide(t, &asked).map(|g| g.token.name().to_string()).map_err(|r| r.denial)
     }
 
     #[test]
     fn each_row_of_the_decision() {
         use Denial::*;
         let t = table();
-        let amb = |s| Err(Ambiguous(s));
+        let amb = |s| Err(AmbiguousRequest(s));
         let rows: Vec<(Case, Result<String, Denial>)> = vec![
             // Row 1: find APPTOKEN.
             (case("ACTION=TARGETDATA"), Err(TokenMissing)),
@@ -288,12 +309,12 @@ access_right = "probe-only"
         let c = case("APPTOKEN=RO&ACTION=REMOVETARGETDATA");
         let mut p = Params::default();
         p.scan(c.query.as_bytes()).unwrap();
-        let asked = Asked {
+        let asked = DecisionInput {
             method: &c.method,
             path: CanonicalPath::parse(c.path),
             params: Ok(p),
             body: BodyCheck::Fine,
-            client: Ok(ClientIp(c.ip.parse().unwrap())),
+            client: Ok(client(c.ip)),
             now: SystemTime::now(),
         };
         let r = decide(&t, &asked).unwrap_err();

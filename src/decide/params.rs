@@ -12,11 +12,11 @@ use std::borrow::Cow;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::HeaderMap;
 
-use super::escape::unescape;
+use crate::percent::unescape;
 
 /// A parameter that was found zero, one or several times.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Slot<'a> {
+pub enum ParamValue<'a> {
     /// Not given.
     #[default]
     Absent,
@@ -26,12 +26,12 @@ pub enum Slot<'a> {
     Conflict,
 }
 
-impl<'a> Slot<'a> {
+impl<'a> ParamValue<'a> {
     fn add(&mut self, v: Cow<'a, [u8]>) {
         *self = match std::mem::take(self) {
-            Slot::Absent => Slot::One(v),
-            Slot::One(old) if old == v => Slot::One(old),
-            Slot::One(_) | Slot::Conflict => Slot::Conflict,
+            ParamValue::Absent => ParamValue::One(v),
+            ParamValue::One(old) if old == v => ParamValue::One(old),
+            ParamValue::One(_) | ParamValue::Conflict => ParamValue::Conflict,
         };
     }
 }
@@ -40,9 +40,9 @@ impl<'a> Slot<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params<'a> {
     /// Every `APPTOKEN` (any letter case).
-    pub apptoken: Slot<'a>,
+    pub apptoken: ParamValue<'a>,
     /// Every `ACTION` (any letter case).
-    pub action: Slot<'a>,
+    pub action: ParamValue<'a>,
     /// `JSON=1` was given: refusals are shaped as JSON.
     pub json: bool,
 }
@@ -287,8 +287,8 @@ mod tests {
         Ok(p)
     }
 
-    fn one(s: &str) -> Slot<'static> {
-        Slot::One(Cow::Owned(s.as_bytes().to_vec()))
+    fn one(s: &str) -> ParamValue<'static> {
+        ParamValue::One(Cow::Owned(s.as_bytes().to_vec()))
     }
 
     #[test]
@@ -304,7 +304,7 @@ mod tests {
         p.scan(b"APPTO%E2%84%AAEN=t").unwrap();
         assert_eq!(p.apptoken, one("t"));
         for q in ["ACTION+=X", "ACTION%20=X", "ACTIONS=X", "XACTION=X", "ACTION%00=X", "ACT=X", "%EF%BC%A1CTION=X"] {
-            assert_eq!(scan(q).unwrap().action, Slot::Absent, "{q}");
+            assert_eq!(scan(q).unwrap().action, ParamValue::Absent, "{q}");
         }
     }
 
@@ -320,9 +320,9 @@ mod tests {
     fn duplicates_conflict_only_when_different() {
         assert_eq!(scan("ACTION=X&action=X").unwrap().action, one("X"));
         assert_eq!(scan("ACTION=X&ACTION=%58").unwrap().action, one("X"));
-        assert_eq!(scan("ACTION=X&ACTION=Y").unwrap().action, Slot::Conflict);
-        assert_eq!(scan("APPTOKEN=a&apptoken=b").unwrap().apptoken, Slot::Conflict);
-        assert_eq!(scan("ACTION=X&ACTION=Y&ACTION=X").unwrap().action, Slot::Conflict);
+        assert_eq!(scan("ACTION=X&ACTION=Y").unwrap().action, ParamValue::Conflict);
+        assert_eq!(scan("APPTOKEN=a&apptoken=b").unwrap().apptoken, ParamValue::Conflict);
+        assert_eq!(scan("ACTION=X&ACTION=Y&ACTION=X").unwrap().action, ParamValue::Conflict);
     }
 
     #[test]
@@ -476,7 +476,7 @@ mod tests {
                 strip_apptoken(q.as_bytes(), &mut out);
                 let mut again = Params::default();
                 again.scan(&out).unwrap();
-                prop_assert_eq!(again.apptoken, Slot::Absent);
+                prop_assert_eq!(again.apptoken, ParamValue::Absent);
                 prop_assert_eq!(again.action, p.action);
             }
         }

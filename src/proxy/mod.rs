@@ -1,441 +1,191 @@
-//! One request's path through the gateway, once the stack has accepted it:
-//! read the body if it must be inspected, gather what the request asks,
-//! decide, and either refuse or rewrite and forward. The order of the steps
-//! follows interface.md §5 and §6.
+//! One request's path through the gateway, once the server has accepted it
+//! and the stack has wrapped it: [`handle`], whose stages follow
+//! interface.md §5 and §6 in the order a request meets them.
+//!
+//! | stage | module | what it does |
+//! | --- | --- | --- |
+//! | 1. inspect the body | [`inspect`] | a form is read whole (it may carry APPTOKEN or ACTION); other bodies stream on |
+//! | 2. gather | [`gather`] | APPTOKEN, ACTION, JSON, the path as Tomcat maps it, the client address |
+//! | 3. decide | [`crate::decide`] | the pure decision of §5, row by row; a grant is final |
+//! | 4. count | [`count`] | the decision against the token's live state, or the anonymous counters |
+//! | 5. rewrite | [`rewrite`] | APPTOKEN out, the credential in, headers for the upstream |
+//! | 6. forward | [`upstream`], [`pool`] | send it on a kept-alive connection; stream the answer back |
+//!
+//! A stage that ends the request returns the gateway's own answer
+//! ([`GatewayError`]) at once; a refused request never reaches stage 5.
 
+pub mod count;
+pub mod gather;
+pub mod inspect;
+pub mod pool;
 pub mod rewrite;
 pub mod upstream;
 
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::future::Either as FutureEither;
 use futures_util::FutureExt as _;
-use http::header::HeaderName;
-use http::{Request, Response};
+use http::header::InvalidHeaderValue;
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
-use tower_http::timeout::TimeoutBody;
+use http_body_util::{Either, Full};
+use tower_http::BoxError;
 
-use crate::decide::client_ip::{resolve, PeerAddr, TrustedProxies};
-use crate::decide::params::{body_kind, BodyKind, Params, Slot};
-use crate::decide::route::CanonicalPath;
-use crate::decide::{decide, Asked, BodyCheck};
-use crate::denial::{xmlapi_error, Denial};
-use crate::telemetry::access::{AccessRecord, Logged, Outcome};
+use crate::config::{Config, UpstreamToken};
+use crate::decide::client_ip::{PeerAddr, TrustedProxies};
+use crate::decide::decide;
+use crate::denial::GatewayError;
+use crate::telemetry::access::{AccessRecord, Logged};
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::reload::TokenStore;
-use crate::tokens::state::ALLOWED;
-use upstream::Upstream;
+use inspect::{BodyPlan, InspectBudget, Inspector};
+use pool::UpstreamBody;
+use upstream::UpstreamClient;
 
-/// A request body as the stack hands it on: the client's, with a limit on
-/// the pause between two pieces.
-pub type ClientBody = TimeoutBody<Incoming>;
+/// What the client gets: the gateway's own answer or the upstream's,
+/// counted for the access log.
+pub type ResponseBody = Logged<Either<Full<Bytes>, pool::AnswerBody>>;
 
-/// What is sent upstream: a rebuilt form body (or none), or the client's
-/// streaming on (boxed: the connection's dispatcher needs `Unpin`).
-pub type UpstreamBody = Either<Full<Bytes>, Pin<Box<ClientBody>>>;
-
-/// What the client gets: the gateway's own answer or the upstream's, counted
-/// for the access log.
-pub type GatewayBody = Logged<Either<Full<Bytes>, upstream::Answer>>;
-
-/// Everything a request needs that outlives it.
-pub struct Shared {
-    /// The token table.
+/// Everything a request needs that outlives it, shared by every request.
+pub struct GatewayState {
+    /// The token table now serving, and the live per-token state.
     pub tokens: Arc<TokenStore>,
-    /// Counters.
+    /// The counters `/metrics` shows.
     pub metrics: Arc<Metrics>,
-    /// The scanner.
-    pub upstream: Arc<Upstream>,
-    /// Validated upstream settings (address, credential).
-    pub upstream_cfg: crate::config::Upstream,
-    /// Whose X-Forwarded-For is believed.
-    pub trusted: TrustedProxies,
-    /// `limits.inspect_body_bytes`.
-    pub inspect_body_bytes: usize,
-    /// Bodies being read to decide hold their size here (in KiB), so that
-    /// many at once cannot take all memory: 64 times the inspection limit.
-    pub inspect_budget: InspectBudget,
+    /// Connections to the scanner.
+    pub upstream: Arc<UpstreamClient>,
+    /// `upstream.apptoken_file`: put upstream in place of the caller's token.
+    pub credential: Option<UpstreamToken>,
     /// The Host header for the upstream, made once.
-    pub upstream_host: http::HeaderValue,
+    pub upstream_host: HeaderValue,
+    /// `client_ip.trusted_proxies`.
+    pub trusted: TrustedProxies,
+    /// Reads the bodies that must be read to decide.
+    pub inspector: Inspector,
 }
 
-/// What the body gave the decision.
-enum Inspected {
-    /// A form, read whole (and the room it holds in the budget).
-    Form(Bytes, BudgetPermit),
-    /// Not a form: streams on to the upstream if allowed.
-    Stream(ClientBody),
-    /// Nothing to send.
-    Empty,
-    /// Why the body alone refuses the request.
-    Refused(BodyCheck),
+impl GatewayState {
+    /// Assembles what requests share from the validated config; fails only
+    /// when the upstream's host does not make a Host header.
+    pub fn new(
+        cfg: &Config,
+        tokens: Arc<TokenStore>,
+        metrics: Arc<Metrics>,
+        upstream: UpstreamClient,
+    ) -> Result<Self, InvalidHeaderValue> {
+        let limits = &cfg.limits;
+        Ok(Self {
+            tokens,
+            metrics,
+            upstream: Arc::new(upstream),
+            credential: cfg.upstream.apptoken.clone(),
+            upstream_host: HeaderValue::from_str(cfg.upstream.authority.as_str())?,
+            trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
+            inspector: Inspector {
+                limit: limits.inspect_body_bytes,
+                idle_timeout: limits.body_idle_timeout,
+                budget: InspectBudget::new(
+                    limits.inspect_body_bytes.saturating_mul(64),
+                    // A body waits briefly for room, then gets a clear 503.
+                    limits.body_idle_timeout.min(Duration::from_secs(1)),
+                ),
+            },
+        })
+    }
 }
 
-/// What deciding leaves to do.
-enum Step {
-    /// The gateway answers itself.
-    Answer(Response<GatewayBody>),
-    /// The rewritten request goes upstream; its line is finished with the
-    /// upstream's answer.
-    Forward(Request<UpstreamBody>, AccessRecord, bool),
-}
-
-/// Handles one request from `peer`: inspect the body if it must be, decide
-/// and rewrite (no waiting), forward. The steps are separate functions so
-/// that this future, which is moved several times per request, holds only
-/// what crosses a wait.
-pub fn handle(
-    shared: Arc<Shared>,
-    peer: PeerAddr,
-    body_idle_timeout: std::time::Duration,
-    req: Request<Incoming>,
-) -> impl Future<Output = Response<GatewayBody>> + Send + 'static {
+/// Handles one request from `peer`, stage by stage (see the module's table).
+/// Generic over the body so that the pipeline runs in-process too.
+pub async fn handle<B>(gateway: Arc<GatewayState>, peer: PeerAddr, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let start = Instant::now();
-    let (parts, incoming) = req.into_parts();
-    let body = match body_kind(&parts.headers) {
-        BodyKind::Form => {
-            let form = handle_form(shared, peer, start, parts, incoming, body_idle_timeout);
-            return FutureEither::Right(FutureEither::Right(Box::pin(form)));
-        }
-        // What the framing says is read before the idle timeout hides it.
-        BodyKind::Opaque if incoming.is_end_stream() => Inspected::Empty,
-        BodyKind::Opaque => Inspected::Stream(TimeoutBody::new(body_idle_timeout, incoming)),
-        BodyKind::Refused(why) => Inspected::Refused(BodyCheck::Refused(why)),
-    };
-    match decide_and_rewrite(&shared, peer, start, parts, body) {
-        Step::Answer(resp) => FutureEither::Left(std::future::ready(resp)),
-        Step::Forward(up_req, record, json) => {
-            FutureEither::Right(FutureEither::Left(forward(shared, up_req, record, json)))
-        }
-    }
-}
+    // Stages 1 to 5. Only owned values leave this block: the request's
+    // pieces then take no room in the future while it waits upstream.
+    let (upstream_request, record, json) = {
+        let (parts, body) = req.into_parts();
 
-/// [`handle`] for a form body, which is read before deciding.
-async fn handle_form(
-    shared: Arc<Shared>,
-    peer: PeerAddr,
-    start: Instant,
-    parts: http::request::Parts,
-    incoming: Incoming,
-    body_idle_timeout: std::time::Duration,
-) -> Response<GatewayBody> {
-    let Ok(body) = read_form(&shared, incoming, body_idle_timeout).await else {
-        let record = AccessRecord::new(start, peer.0.to_canonical(), &parts, Outcome::Busy);
-        let msg = "The gateway is reading too many request bodies at once; try again";
-        return own_answer(xmlapi_error(http::StatusCode::SERVICE_UNAVAILABLE, "GATEWAY_BUSY", msg, false), record);
-    };
-    match decide_and_rewrite(&shared, peer, start, parts, body) {
-        Step::Answer(resp) => resp,
-        Step::Forward(up_req, record, json) => forward(shared, up_req, record, json).await,
-    }
-}
-
-/// Reads a form body within the inspection budget; `Err` when there was no
-/// room in time. A client that stalls between two pieces of its body is cut
-/// off, so it cannot hold a connection slot and a buffer forever.
-async fn read_form(
-    shared: &Shared,
-    incoming: Incoming,
-    body_idle_timeout: std::time::Duration,
-) -> Result<Inspected, ()> {
-    let limit = shared.inspect_body_bytes;
-    let announced = incoming.size_hint().upper();
-    let permit = shared.inspect_budget.reserve(announced, limit).await.ok_or(())?;
-    if announced.is_some_and(|n| n > limit as u64) {
-        return Ok(Inspected::Refused(BodyCheck::TooLarge));
-    }
-    let mut body = Limited::new(incoming, limit);
-    let mut first = Bytes::new();
-    let mut joined: Vec<u8> = Vec::new();
-    loop {
-        // A piece that is already here is taken without arming the idle
-        // timer (the usual small form arrives with its head).
-        let frame = match body.frame().now_or_never() {
-            Some(f) => f,
-            None => match tokio::time::timeout(body_idle_timeout, body.frame()).await {
-                Ok(f) => f,
-                Err(_) => return Ok(Inspected::Refused(BodyCheck::Refused("The request body could not be read"))),
+        // 1. Inspect the body: a form is read before anything is decided
+        //    (it may hold the APPTOKEN or ACTION that decide the request).
+        let body = match gateway.inspector.plan(&parts.headers, body) {
+            BodyPlan::Ready(body) => body,
+            BodyPlan::ReadForm(form) => match gateway.inspector.read_form(form).await {
+                Ok(body) => body,
+                Err(inspect::NoRoom) => {
+                    let record = AccessRecord::new(start, peer.0.to_canonical(), &parts);
+                    return own_answer(GatewayError::Busy, record, false);
+                }
             },
         };
-        let data = match frame {
-            None => break,
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(d) => d,
-                Err(_trailers) => continue,
-            },
-            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Ok(Inspected::Refused(BodyCheck::TooLarge));
-            }
-            Some(Err(_)) => return Ok(Inspected::Refused(BodyCheck::Refused("The request body could not be read"))),
+
+        // Stages 2 to 5 take no time and wait for nothing: one table
+        // serves the whole decision.
+        let now = SystemTime::now();
+        // 2. Gather what the request asks.
+        let asked = gather::gather(&parts, body.form(), body.check(), peer, &gateway.trusted, now);
+        let client = gather::client_for_log(&asked, peer);
+        let json = gather::json(&asked);
+        let mut record = AccessRecord::new(start, client, &parts);
+        record.action = gather::action_for_log(&asked);
+
+        // 3. Decide, row by row of §5.
+        let table = gateway.tokens.current();
+        let verdict = decide(&table, &asked);
+
+        // 4. Count the decision, granted or not.
+        record.token = count::count(&verdict, gateway.tokens.states(), &gateway.metrics, client, now);
+        let grant = match verdict {
+            Ok(grant) => grant,
+            Err(refusal) => return own_answer(refusal.denial.into(), record, json),
         };
-        if first.is_empty() && joined.is_empty() {
-            first = data;
-        } else {
-            if joined.is_empty() {
-                // Sized once: doubling could take twice the room reserved.
-                joined
-                    .reserve_exact(announced.map_or(limit, |n| (n as usize).min(limit)).max(first.len() + data.len()));
-                joined.extend_from_slice(&first);
-            }
-            joined.extend_from_slice(&data);
-        }
-    }
-    let form = if joined.is_empty() { first } else { Bytes::from(joined) };
-    Ok(Inspected::Form(form, permit))
-}
 
-/// Decides on the request and, when it is granted, rewrites it for the
-/// upstream. Counts the decision against the token.
-fn decide_and_rewrite(
-    shared: &Shared,
-    peer: PeerAddr,
-    start: Instant,
-    mut parts: http::request::Parts,
-    body: Inspected,
-) -> Step {
-    let now = SystemTime::now();
-    let (form, body_check) = match &body {
-        Inspected::Form(f, _) => (Some(f), BodyCheck::Fine),
-        Inspected::Refused(check) => (None, *check),
-        Inspected::Stream(_) | Inspected::Empty => (None, BodyCheck::Fine),
-    };
-    let mut params = Params::default();
-    let query = parts.uri.query().map(str::as_bytes).unwrap_or_default();
-    let scanned = params.scan(query).and_then(|()| form.map_or(Ok(()), |f| params.scan(f))).map(|()| params);
-    let json = scanned.as_ref().is_ok_and(|p| p.json);
-    let action_for_log = match &scanned {
-        Ok(Params { action: Slot::One(a), .. }) => Some(AccessRecord::action_for_log(a)),
-        _ => None,
-    };
-    let resolved =
-        resolve(peer, parts.headers.get_all(HeaderName::from_static("x-forwarded-for")).iter(), &shared.trusted);
-    let client_for_log = resolved.as_ref().map_or(peer.0.to_canonical(), |r| r.client.0);
-    let mut record = AccessRecord::new(start, client_for_log, &parts, Outcome::Allowed);
-    record.action = action_for_log;
-
-    // Decide against one table, and compute where a grant goes while the
-    // request's borrowed pieces are at hand; only owned values leave.
-    let (decision, uri) = {
-        let raw_path = parts.uri.path();
-        let asked = Asked {
-            method: &parts.method,
-            path: CanonicalPath::parse(raw_path),
-            params: scanned,
-            body: body_check,
-            client: resolved.as_ref().map(|r| r.client).map_err(|e| *e),
-            now,
+        // 5. Rewrite for the upstream: the path that was matched, the
+        //    client that was allowed.
+        let credential = gateway.credential.as_ref();
+        let target = rewrite::upstream_uri(parts.uri.path(), grant.path, parts.uri.query(), credential);
+        let Ok(target) = target else {
+            tracing::error!("the upstream target could not be built from a granted request");
+            return own_answer(GatewayError::Internal, record, json);
         };
-        let table = shared.tokens.current();
-        match decide(&table, &asked) {
-            Ok(entry) => {
-                let state = entry.state(shared.tokens.states());
-                let uri = match &asked.path {
-                    Ok(path) => {
-                        rewrite::upstream_uri(raw_path, path, parts.uri.query(), shared.upstream_cfg.apptoken.as_ref())
-                            .ok()
-                    }
-                    Err(_) => None,
-                };
-                // Counted as what the caller gets: a target that cannot be
-                // forwarded is refused below.
-                let outcome = if uri.is_some() { ALLOWED } else { Denial::Ambiguous("").index() };
-                state.record(outcome, client_for_log, now);
-                (Ok(state.name.clone()), uri)
-            }
-            Err(refusal) => {
-                let name = match refusal.token {
-                    Some(e) => {
-                        let state = e.state(shared.tokens.states());
-                        state.record(refusal.denial.index(), client_for_log, now);
-                        Some(state.name.clone())
-                    }
-                    None => {
-                        shared.metrics.anonymous_denial(refusal.denial.index());
-                        None
-                    }
-                };
-                (Err((refusal.denial, name)), None)
-            }
-        }
+        let forwarded_for = rewrite::forwarded_for(grant.client);
+        drop(asked);
+        let upstream_request = rewrite::upstream_request(parts, body, target, &gateway.upstream_host, forwarded_for);
+        (upstream_request, record, json)
     };
-    let name = match decision {
-        Ok(name) => name,
-        Err((denial, name)) => {
-            record.token = name;
-            record.outcome = Outcome::Denied(denial);
-            return Step::Answer(own_answer(denial.into_response(json), record));
-        }
-    };
-    record.token = Some(name);
 
-    // Granted (so the path was canonical and the client known): forward.
-    let (Some(uri), Ok(resolved)) = (uri, resolved) else {
-        let denial = Denial::Ambiguous("The request target cannot be forwarded");
-        record.outcome = Outcome::Denied(denial);
-        return Step::Answer(own_answer(denial.into_response(json), record));
-    };
-    // The body has been decided on: a form's room in the budget goes back
-    // here, before the (possibly slow) upstream.
-    let up_body = match body {
-        Inspected::Form(f, _permit) => {
-            let mut stripped = Vec::with_capacity(f.len());
-            crate::decide::params::strip_apptoken(&f, &mut stripped);
-            Either::Left(Full::new(Bytes::from(stripped)))
-        }
-        Inspected::Stream(b) => Either::Right(Box::pin(b)),
-        Inspected::Empty | Inspected::Refused(_) => Either::Left(Full::new(Bytes::new())),
-    };
-    rewrite::upstream_headers(&mut parts.headers, &shared.upstream_host, &resolved, matches!(up_body, Either::Left(_)));
-    parts.uri = uri;
-    parts.version = rewrite::UPSTREAM_VERSION;
-    Step::Forward(Request::from_parts(parts, up_body), record, json)
+    // 6. Forward, and stream the answer back.
+    forward(gateway, upstream_request, record, json).await
 }
 
 /// Sends the rewritten request and hands the answer back, or the gateway's
 /// own 502/504.
 fn forward(
-    shared: Arc<Shared>,
-    up_req: Request<UpstreamBody>,
+    gateway: Arc<GatewayState>,
+    request: Request<UpstreamBody>,
     mut record: AccessRecord,
     json: bool,
-) -> impl Future<Output = Response<GatewayBody>> + Send + 'static {
-    shared.upstream.send(up_req).map(move |sent| match sent {
+) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
+    gateway.upstream.send(request).map(move |sent| match sent {
         Ok((resp, took)) => {
-            shared.metrics.upstream_latency(took);
+            gateway.metrics.upstream_latency(took);
             let (mut parts, body) = resp.into_parts();
-            rewrite::downstream_headers(&mut parts.headers, shared.upstream_cfg.apptoken.as_ref());
+            rewrite::downstream_headers(&mut parts.headers, gateway.credential.as_ref());
             record.upstream_status = Some(parts.status.as_u16());
             Response::from_parts(parts, Logged::new(Either::Right(body), record))
         }
-        Err(e) => {
-            shared.metrics.upstream_failure(e.index());
-            record.outcome = Outcome::UpstreamFailed(e.code());
-            own_answer(xmlapi_error(e.status(), e.code(), e.message(), json), record)
+        Err(failure) => {
+            gateway.metrics.upstream_failure(failure);
+            own_answer(failure.into(), record, json)
         }
     })
 }
 
-fn own_answer(resp: Response<Bytes>, record: AccessRecord) -> Response<GatewayBody> {
-    resp.map(|b| Logged::new(Either::Left(Full::new(b)), record))
-}
-
-/// The memory that bodies read before deciding may take together, in KiB.
-/// Taking and giving back room is one atomic operation each (a semaphore
-/// would lock its waiter list on every release); only a body that has to
-/// wait for room takes a slower path.
-pub struct InspectBudget {
-    inner: Arc<Budget>,
-    wait: std::time::Duration,
-}
-
-struct Budget {
-    free_kib: AtomicU64,
-    waiting: AtomicUsize,
-    room: tokio::sync::Notify,
-}
-
-/// Room held in the budget, given back when dropped.
-pub struct BudgetPermit {
-    budget: Arc<Budget>,
-    kib: u64,
-}
-
-impl Drop for BudgetPermit {
-    fn drop(&mut self) {
-        self.budget.free_kib.fetch_add(self.kib, Ordering::SeqCst);
-        if self.budget.waiting.load(Ordering::SeqCst) > 0 {
-            self.budget.room.notify_waiters();
-        }
-    }
-}
-
-impl Budget {
-    fn try_take(&self, kib: u64) -> bool {
-        self.free_kib.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |free| free.checked_sub(kib)).is_ok()
-    }
-}
-
-/// Counts a waiting body for as long as it waits (also when its wait is cut
-/// short by the timeout).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl InspectBudget {
-    /// Room for `total_bytes`; a body waits at most `wait` for its share.
-    pub fn new(total_bytes: usize, wait: std::time::Duration) -> Self {
-        let kib = (total_bytes as u64 / 1024).max(1);
-        let inner =
-            Budget { free_kib: AtomicU64::new(kib), waiting: AtomicUsize::new(0), room: tokio::sync::Notify::new() };
-        Self { inner: Arc::new(inner), wait }
-    }
-
-    /// Reserves what `body` may take (its length, or the limit when unknown),
-    /// waiting for room; `None` when there was none in time.
-    async fn reserve(&self, announced: Option<u64>, limit: usize) -> Option<BudgetPermit> {
-        let bytes = announced.map_or(limit as u64, |u| u.min(limit as u64));
-        let kib = bytes.div_ceil(1024).max(1);
-        let permit = || BudgetPermit { budget: self.inner.clone(), kib };
-        if self.inner.try_take(kib) {
-            return Some(permit());
-        }
-        let budget = &self.inner;
-        let wait = async {
-            loop {
-                // Registered before looking again, so that room given back
-                // in between is not missed.
-                let notified = budget.room.notified();
-                let mut notified = std::pin::pin!(notified);
-                notified.as_mut().enable();
-                budget.waiting.fetch_add(1, Ordering::SeqCst);
-                let _waiting = Waiting(&budget.waiting);
-                if budget.try_take(kib) {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(self.wait, wait).await.ok().map(|()| permit())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn a_body_waiting_for_room_gets_it_when_room_is_given_back_and_not_otherwise() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        rt.block_on(async {
-            let budget = InspectBudget::new(4 * 1024, Duration::from_millis(300));
-            let all = budget.reserve(Some(4 * 1024), 4 * 1024).await.expect("the whole budget");
-            // No room, none given back: the wait ends empty.
-            assert!(budget.reserve(Some(1024), 4 * 1024).await.is_none());
-            assert_eq!(budget.inner.waiting.load(Ordering::SeqCst), 0, "a timed-out waiter is still counted");
-            // Room given back while a body waits: it gets it.
-            let give_back = async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                drop(all);
-            };
-            let (got, ()) = tokio::join!(budget.reserve(Some(2048), 4 * 1024), give_back);
-            assert_eq!(got.as_ref().map(|p| p.kib), Some(2));
-            let rest = budget.reserve(Some(2048), 4 * 1024).await;
-            assert!(rest.is_some(), "the rest is free");
-            assert!(budget.reserve(Some(1), 4 * 1024).await.is_none(), "and no more");
-            drop((got, rest));
-            assert_eq!(budget.inner.free_kib.load(Ordering::SeqCst), 4, "every KiB came back");
-        });
-    }
+/// The gateway's own answer, with its access line.
+fn own_answer(error: GatewayError, mut record: AccessRecord, json: bool) -> Response<ResponseBody> {
+    record.error = Some(error);
+    error.into_response(json).map(|b| Logged::new(Either::Left(Full::new(b)), record))
 }

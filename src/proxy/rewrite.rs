@@ -2,16 +2,23 @@
 //! query and body, the upstream's own credential added once, hop-by-hop
 //! headers (and those `Connection` names) dropped, Host set to the upstream,
 //! X-Forwarded-For set to the client decided on. Every other byte of the
-//! query and body stays as the caller sent it.
+//! query and body stays as the caller sent it. Stage 5 of a request, and
+//! what the answer's headers lose on the way back.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Uri, Version};
+use http::request::Parts;
+use http::{Request, Uri, Version};
+use http_body::Body;
+use tower_http::BoxError;
 
+use super::inspect::InspectedBody;
+use super::pool::UpstreamBody;
 use crate::config::UpstreamToken;
 use crate::decide::client_ip::Resolved;
 use crate::decide::params::strip_apptoken;
 use crate::decide::route::CanonicalPath;
-use crate::telemetry::format::push_ip;
+use crate::net::IpText;
 
 /// What the rewrite does with a header, by name.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -94,9 +101,34 @@ fn remove_where(headers: &mut HeaderMap, drop: impl Fn(Class) -> bool) {
     }
 }
 
+/// The request an allowed request becomes upstream: `target` (from
+/// [`upstream_uri`]), the headers rewritten (`forwarded_for` from
+/// [`forwarded_for`]), the body without APPTOKEN.
+pub fn upstream_request<B>(
+    mut parts: Parts,
+    body: InspectedBody<B>,
+    target: Uri,
+    host: &HeaderValue,
+    forwarded_for: HeaderValue,
+) -> Request<UpstreamBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    upstream_headers(&mut parts.headers, host, forwarded_for, body.is_rebuilt());
+    parts.uri = target;
+    parts.version = UPSTREAM_VERSION;
+    Request::from_parts(parts, body.into_upstream())
+}
+
 /// The upstream request target, in origin form (the Host header names the
 /// upstream): the canonical path that was matched, and the caller's query
 /// without APPTOKEN, with the upstream's credential first.
+///
+/// Every byte of it is one the URI parser accepted in the caller's own
+/// target, or percent-encoded (the path where it was re-encoded, the
+/// credential), so the parse at the end does not fail in practice; if it
+/// did, the request would get a 500, not go upstream half-built.
 pub fn upstream_uri(
     raw_path: &str,
     path: &CanonicalPath<'_>,
@@ -141,14 +173,14 @@ pub fn upstream_uri(
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Rewrites the request headers in place for the upstream.
-pub fn upstream_headers(headers: &mut HeaderMap, host: &HeaderValue, resolved: &Resolved, body_rebuilt: bool) {
+pub fn upstream_headers(headers: &mut HeaderMap, host: &HeaderValue, forwarded_for: HeaderValue, body_rebuilt: bool) {
     remove_where(headers, |c| matches!(c, Class::HopByHop | Class::Impersonating));
     if body_rebuilt {
         // The client sets the length of the rebuilt body.
         headers.remove(header::CONTENT_LENGTH);
     }
     headers.insert(header::HOST, host.clone());
-    headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for(resolved));
+    headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for);
 }
 
 /// Rewrites the upstream's answer headers in place for the client: no
@@ -178,12 +210,14 @@ pub fn downstream_headers(headers: &mut HeaderMap, credential: Option<&UpstreamT
     }
 }
 
-fn forwarded_for(r: &Resolved) -> HeaderValue {
+/// The X-Forwarded-For sent upstream: the client decided on, then the
+/// trusted proxies it came through.
+pub fn forwarded_for(r: &Resolved) -> HeaderValue {
     let mut s = String::with_capacity(16 + 18 * r.hops.len());
-    push_ip(&mut s, r.client.0);
+    s.push_str(IpText::new(r.client.0).as_str());
     for hop in &r.hops {
         s.push_str(", ");
-        push_ip(&mut s, *hop);
+        s.push_str(IpText::new(*hop).as_str());
     }
     // Addresses are ASCII: valid header bytes, taken without a copy.
     let mut s = s.into_bytes();
@@ -249,7 +283,7 @@ mod tests {
         h.insert("x-real-ip", "6.6.6.6".parse().unwrap());
         h.insert("cookie", "JSESSIONID=1".parse().unwrap());
         let r = Resolved { client: ClientIp("192.0.2.1".parse().unwrap()), hops: vec!["10.0.0.1".parse().unwrap()] };
-        upstream_headers(&mut h, &HeaderValue::from_static("scanner"), &r, true);
+        upstream_headers(&mut h, &HeaderValue::from_static("scanner"), forwarded_for(&r), true);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
         assert_eq!(h["host"], "scanner");

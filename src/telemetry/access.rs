@@ -1,7 +1,7 @@
-//! The access log: one event per request on target `tokengate::access`, with
-//! a fixed set of fields, written when the answer has been sent (so `bytes`
-//! is what went out, also for a streamed download). Never the token: only
-//! its name; the path without its query.
+//! The access log: one `tracing` event per request on target
+//! `tokengate::access`, with a fixed set of fields, emitted when the answer
+//! has been sent (so `bytes` is what went out, also for a streamed
+//! download). Never the token: only its name; the path without its query.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -13,42 +13,11 @@ use bytes::Buf;
 use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 
-use super::format::Line;
-use super::log::AccessSink;
-use crate::denial::Denial;
+use crate::denial::GatewayError;
+use crate::net::IpText;
 
-/// What was decided, for the log and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Forwarded upstream.
-    Allowed,
-    /// Refused by the gateway.
-    Denied(Denial),
-    /// Allowed, but the upstream failed (502/504).
-    UpstreamFailed(&'static str),
-    /// Not decided: the gateway had no room to read the body (503).
-    Busy,
-}
-
-impl Outcome {
-    /// `allowed` or `denied`.
-    pub fn decision(self) -> &'static str {
-        match self {
-            Outcome::Allowed | Outcome::UpstreamFailed(_) => "allowed",
-            Outcome::Denied(_) | Outcome::Busy => "denied",
-        }
-    }
-
-    /// The reason: `ok`, an ERRORCODE, or the upstream failure.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Outcome::Allowed => "ok",
-            Outcome::Denied(d) => d.code(),
-            Outcome::UpstreamFailed(why) => why,
-            Outcome::Busy => "GATEWAY_BUSY",
-        }
-    }
-}
+/// The target of access events, for `TOKENGATE_LOG` filters.
+pub const TARGET: &str = "tokengate::access";
 
 /// One request's line, filled in as the request goes.
 #[derive(Debug)]
@@ -65,8 +34,9 @@ pub struct AccessRecord {
     pub uri: Uri,
     /// ACTION as given (decoded, cut to 64 bytes).
     pub action: Option<Box<str>>,
-    /// The decision.
-    pub outcome: Outcome,
+    /// What the gateway answered itself, if it did: `None` while the
+    /// request is allowed and the upstream answers.
+    pub error: Option<GatewayError>,
     /// Status the upstream answered with.
     pub upstream_status: Option<u16>,
 }
@@ -74,7 +44,7 @@ pub struct AccessRecord {
 impl AccessRecord {
     /// A line for a request from `client`, before anything is known of its
     /// token.
-    pub fn new(start: Instant, client: IpAddr, parts: &http::request::Parts, outcome: Outcome) -> Self {
+    pub fn new(start: Instant, client: IpAddr, parts: &http::request::Parts) -> Self {
         Self {
             start,
             client,
@@ -82,42 +52,41 @@ impl AccessRecord {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             action: None,
-            outcome,
+            error: None,
             upstream_status: None,
         }
     }
 
-    /// Writes the line into its thread's log buffer when the logger is
-    /// installed and lets `tokengate::access` through; without a logger (or
-    /// on a thread that is exiting), straight to stdout.
-    pub fn emit(&self, bytes: u64) {
-        let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if let Some(sink) = AccessSink::get() {
-            if !tracing::enabled!(target: "tokengate::access", tracing::Level::INFO) {
-                return;
-            }
-            if sink.write(|buf| self.write(buf, sink.json, bytes, micros)) {
-                return;
-            }
+    /// `allowed` or `denied`: whether the decision let the request through
+    /// (an upstream that then failed does not make it a denial).
+    pub fn decision(&self) -> &'static str {
+        match self.error {
+            None | Some(GatewayError::Upstream(_) | GatewayError::Internal) => "allowed",
+            Some(GatewayError::Denied(_) | GatewayError::Busy) => "denied",
         }
-        let mut line = String::with_capacity(256);
-        self.write(&mut line, AccessSink::get().is_some_and(|s| s.json), bytes, micros);
-        let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
     }
 
-    fn write(&self, buf: &mut String, json: bool, bytes: u64, micros: u64) {
-        let mut l = Line::start(buf, json, "INFO", "tokengate::access");
-        l.ip("client", self.client);
-        l.text("token", self.token.as_deref().unwrap_or("-"));
-        l.text("method", self.method.as_str());
-        l.text("path", self.uri.path());
-        l.text("action", self.action.as_deref().unwrap_or("-"));
-        l.text("decision", self.outcome.decision());
-        l.text("reason", self.outcome.reason());
-        l.number("upstream_status", self.upstream_status.map_or(0, u64::from));
-        l.number("bytes", bytes);
-        l.millis("duration_ms", micros);
-        l.finish();
+    /// The reason: `ok`, or the ERRORCODE the gateway answered with.
+    pub fn reason(&self) -> &'static str {
+        self.error.map_or("ok", GatewayError::code)
+    }
+
+    /// Emits the line, `bytes` having gone out.
+    pub fn emit(&self, bytes: u64) {
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: TARGET,
+            client = IpText::new(self.client).as_str(),
+            token = self.token.as_deref().unwrap_or("-"),
+            method = self.method.as_str(),
+            path = self.uri.path(),
+            action = self.action.as_deref().unwrap_or("-"),
+            decision = self.decision(),
+            reason = self.reason(),
+            upstream_status = self.upstream_status.map_or(0, u64::from),
+            bytes,
+            duration_ms,
+        );
     }
 
     /// Keeps at most 64 bytes of an ACTION for the log, as text; anything
@@ -133,7 +102,7 @@ impl AccessRecord {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that counts what it sends and writes the access line
+    /// A response body that counts what it sends and emits the access line
     /// when it ends or is dropped (a client that hangs up still gets a line).
     pub struct Logged<B> {
         #[pin]
@@ -153,7 +122,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Logged<B> {
-    /// Wraps `inner`; the line is written once.
+    /// Wraps `inner`; the line is emitted once.
     pub fn new(inner: B, record: AccessRecord) -> Self {
         Self { inner, record: Some(record), bytes: 0 }
     }

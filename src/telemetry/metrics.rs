@@ -15,23 +15,22 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::denial::DENIAL_CODES;
-use crate::tokens::state::StateRegistry;
+use strum::{EnumCount, IntoEnumIterator};
+
+use crate::denial::{DenialCode, UpstreamFailure};
+use crate::tokens::state::{unix_ms, Decision, StateRegistry};
 
 /// Upper bounds of the upstream latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
-
-/// Ways the upstream can fail, as label values.
-pub const UPSTREAM_FAILURES: [&str; 3] = ["unreachable", "tls", "timeout"];
 
 /// Every counter the gateway keeps outside the per-token state.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Refusals before a token was found (missing, unknown, ambiguous), by code.
-    anonymous: [AtomicU64; DENIAL_CODES.len()],
+    anonymous: [AtomicU64; DenialCode::COUNT],
     latency_buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
-    upstream_failures: [AtomicU64; UPSTREAM_FAILURES.len()],
+    upstream_failures: [AtomicU64; UpstreamFailure::COUNT],
     reload_success: AtomicU64,
     reload_failure: AtomicU64,
     last_good_load_ms: AtomicU64,
@@ -41,8 +40,8 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts a refusal that no token can be charged with.
-    pub fn anonymous_denial(&self, code_index: usize) {
-        self.anonymous[code_index].fetch_add(1, Ordering::Relaxed);
+    pub fn anonymous_denial(&self, code: DenialCode) {
+        self.anonymous[code as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the time the upstream took to begin its answer.
@@ -54,9 +53,9 @@ impl Metrics {
         self.upstream_ready.store(true, Ordering::Relaxed);
     }
 
-    /// Counts an upstream failure (index into [`UPSTREAM_FAILURES`]).
-    pub fn upstream_failure(&self, kind: usize) {
-        self.upstream_failures[kind].fetch_add(1, Ordering::Relaxed);
+    /// Counts an allowed request the upstream did not answer.
+    pub fn upstream_failure(&self, kind: UpstreamFailure) {
+        self.upstream_failures[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The upstream answered something (any status): it is reachable.
@@ -73,7 +72,7 @@ impl Metrics {
     pub fn reload_succeeded(&self, tokens: usize) {
         self.reload_success.fetch_add(1, Ordering::Relaxed);
         self.tokens_loaded.store(tokens as u64, Ordering::Relaxed);
-        let ms = crate::tokens::state::unix_ms(SystemTime::now());
+        let ms = unix_ms(SystemTime::now());
         self.last_good_load_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -109,22 +108,25 @@ impl Collector for Scrape {
                 None,
                 MetricType::Counter,
             )?;
-            for (i, code) in DENIAL_CODES.iter().enumerate() {
-                let n = m.anonymous[i].load(Ordering::Relaxed);
+            for code in DenialCode::iter() {
+                let n = m.anonymous[code as usize].load(Ordering::Relaxed);
                 if n > 0 {
-                    let labels = [("decision", "denied"), ("reason", code), ("token", "")];
+                    let labels = [("decision", "denied"), ("reason", code.as_str()), ("token", "")];
                     ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
                 }
             }
             for state in self.states.snapshot() {
-                // Outcome indexes: one per denial code, then allowed.
-                let reasons = DENIAL_CODES.iter().map(|c| ("denied", *c)).chain([("allowed", "ok")]);
-                for (outcome, (decision, reason)) in reasons.enumerate() {
-                    let n = state.count(outcome);
+                let decisions = DenialCode::iter().map(Decision::Denied).chain([Decision::Allowed]);
+                for decision in decisions {
+                    let n = state.count(decision);
                     if n == 0 {
                         continue;
                     }
-                    let labels = [("decision", decision), ("reason", reason), ("token", &*state.name)];
+                    let (d, reason) = match decision {
+                        Decision::Allowed => ("allowed", "ok"),
+                        Decision::Denied(code) => ("denied", code.as_str()),
+                    };
+                    let labels = [("decision", d), ("reason", reason), ("token", &*state.name)];
                     ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
                 }
             }
@@ -136,9 +138,9 @@ impl Collector for Scrape {
                 None,
                 MetricType::Counter,
             )?;
-            for (i, kind) in UPSTREAM_FAILURES.iter().enumerate() {
-                let n = m.upstream_failures[i].load(Ordering::Relaxed);
-                ConstCounter::new(n).encode(fam.encode_family(&[("kind", *kind)])?)?;
+            for kind in UpstreamFailure::iter() {
+                let n = m.upstream_failures[kind as usize].load(Ordering::Relaxed);
+                ConstCounter::new(n).encode(fam.encode_family(&[("kind", kind.label())])?)?;
             }
         }
         {
@@ -201,16 +203,15 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::state::ALLOWED;
 
     #[test]
     fn renders_counters_by_token_and_reason() {
         let m = Arc::new(Metrics::default());
         let states = Arc::new(StateRegistry::default());
         let s = states.for_name(&Arc::from("splunk"));
-        s.record(ALLOWED, "127.0.0.1".parse().unwrap(), SystemTime::now());
-        s.record(5, "127.0.0.1".parse().unwrap(), SystemTime::now());
-        m.anonymous_denial(1);
+        s.record(Decision::Allowed, "127.0.0.1".parse().unwrap(), SystemTime::now());
+        s.record(Decision::Denied(DenialCode::ActionNotAllowed), "127.0.0.1".parse().unwrap(), SystemTime::now());
+        m.anonymous_denial(DenialCode::TokenUnknown);
         m.upstream_latency(Duration::from_millis(3));
         m.reload_succeeded(7);
         m.reload_failed();

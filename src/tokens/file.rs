@@ -10,12 +10,10 @@
 //! error.
 
 use std::borrow::Cow;
-use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::decide::client_ip::parse_cidr;
 use rustc_hash::FxHashMap;
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
@@ -23,60 +21,11 @@ use serde_spanned::Spanned;
 use toml_edit::{ImDocument, Item};
 
 use super::lines;
-use super::table::{AccessRight, Actions, Duplicate, NewToken, TableBuilder, Token, TokenHash, TokenTable};
-use crate::decide::route::RoutePattern;
+use super::raw::{RawRight, RawToken, Sink, SpannedText};
+use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable};
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
-
-/// A string value and where it stands in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Str<'a> {
-    /// The value (borrowed from the file when it needed no unescaping).
-    pub text: Cow<'a, str>,
-    /// Its byte span.
-    pub span: Range<usize>,
-}
-
-impl<'a> Str<'a> {
-    fn owned(s: Spanned<String>) -> Self {
-        Self { span: s.span(), text: Cow::Owned(s.into_inner()) }
-    }
-}
-
-/// One `[access_rights.NAME]`, before validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawRight<'a> {
-    /// NAME.
-    pub name: Cow<'a, str>,
-    /// Span of the table (for errors about it as a whole).
-    pub span: Range<usize>,
-    /// `actions`.
-    pub actions: Vec<Str<'a>>,
-    /// `routes`.
-    pub routes: Vec<Str<'a>>,
-}
-
-/// One `[[token]]`, before validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawToken<'a> {
-    /// Span of the table.
-    pub span: Range<usize>,
-    /// Line of its `[[token]]` header.
-    pub line: u32,
-    /// `name`.
-    pub name: Str<'a>,
-    /// `active`.
-    pub active: bool,
-    /// `token` (plaintext).
-    pub token: Option<Str<'a>>,
-    /// `token_sha256`.
-    pub token_sha256: Option<Str<'a>>,
-    /// `ip_restriction`.
-    pub ip_restriction: Vec<Str<'a>>,
-    /// `access_right`.
-    pub access_right: Str<'a>,
-    /// `expires`, as RFC 3339 text.
-    pub expires: Option<Str<'a>>,
-}
+use crate::net::parse_cidr;
+use crate::rights::{AccessRight, Actions, RoutePattern};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +68,7 @@ pub struct Loaded {
 /// Reads (as the reloader does: not while it is being written) and
 /// validates a token file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    parse(path, &super::reload::read_stable(path)?)
+    parse(path, &super::read::read_stable(path)?)
 }
 
 /// Validates the text of a token file read from `path`.
@@ -135,17 +84,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
     let mut general = Builder::new(Source::new(path, text));
     read_toml(&mut general);
     general.finish()
-}
-
-/// Receives the tables of a token file in file order, whichever reader
-/// found them.
-pub trait Sink<'a> {
-    /// One `[access_rights.NAME]`.
-    fn right(&mut self, r: RawRight<'a>);
-    /// One `[[token]]`.
-    fn token(&mut self, t: RawToken<'a>);
-    /// Where errors go.
-    fn source(&mut self) -> &mut Source<'a>;
 }
 
 /// The general reader: toml_edit, each table deserialised on its own so that
@@ -181,8 +119,8 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
                         Ok(r) => sink.right(RawRight {
                             name: Cow::Owned(name.to_string()),
                             span: span.unwrap_or(0..0),
-                            actions: r.actions.into_iter().map(Str::owned).collect(),
-                            routes: r.routes.into_iter().map(Str::owned).collect(),
+                            actions: r.actions.into_iter().map(SpannedText::owned).collect(),
+                            routes: r.routes.into_iter().map(SpannedText::owned).collect(),
                         }),
                         Err(e) => sink.source().toml_error(&e, span),
                     }
@@ -210,17 +148,17 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
                                     SerdeExpiry::Datetime(d) => d.to_string(),
                                     SerdeExpiry::Text(s) => s,
                                 };
-                                Str { text: Cow::Owned(text), span }
+                                SpannedText { text: Cow::Owned(text), span }
                             });
                             sink.token(RawToken {
                                 span,
                                 line,
-                                name: Str::owned(t.name),
+                                name: SpannedText::owned(t.name),
                                 active: t.active,
-                                token: t.token.map(Str::owned),
-                                token_sha256: t.token_sha256.map(Str::owned),
-                                ip_restriction: t.ip_restriction.into_iter().map(Str::owned).collect(),
-                                access_right: Str::owned(t.access_right),
+                                token: t.token.map(SpannedText::owned),
+                                token_sha256: t.token_sha256.map(SpannedText::owned),
+                                ip_restriction: t.ip_restriction.into_iter().map(SpannedText::owned).collect(),
+                                access_right: SpannedText::owned(t.access_right),
                                 expires,
                             });
                         }
@@ -244,7 +182,7 @@ struct Builder<'a> {
     rights: FxHashMap<Box<str>, u16>,
     /// The previous token's restriction, as written: the common case of the
     /// same list line after line costs no parsing.
-    last_restriction: Option<(Vec<Str<'a>>, u32)>,
+    last_restriction: Option<(Vec<SpannedText<'a>>, u32)>,
     /// Tokens naming a right not seen yet (rights may follow tokens).
     pending: Vec<RawToken<'a>>,
     warnings: Vec<ConfigError>,
@@ -297,7 +235,7 @@ impl<'a> Builder<'a> {
         if name.trim().is_empty() {
             self.src.error(Some(t.name.span.clone()), "`name` must not be empty");
         }
-        let new = NewToken { digest, name, active: t.active, expires, right, restriction, line: t.line };
+        let new = TokenRow { digest, name, active: t.active, expires, right, restriction, line: t.line };
         match self.table.insert(new) {
             Ok(()) => {}
             Err(Duplicate { name: same_name, token: same_token }) => {
@@ -372,7 +310,7 @@ impl<'a> Builder<'a> {
         Some((hash?, expires, restriction.unwrap_or(0)))
     }
 
-    fn restriction(&mut self, entries: &[Str<'a>]) -> Option<u32> {
+    fn restriction(&mut self, entries: &[SpannedText<'a>]) -> Option<u32> {
         if let Some((text, r)) = &self.last_restriction {
             if text.len() == entries.len() && text.iter().zip(entries).all(|(a, b)| a.text == b.text) {
                 return Some(*r);

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use super::file::{RawRight, RawToken, Sink, Str};
+use super::raw::{RawRight, RawToken, Sink, SpannedText};
 
 /// Scans `text`, handing each table to `sink` as it is read; `None` when
 /// the text is not in the subset (or not valid TOML): what the sink got is
@@ -108,13 +108,13 @@ struct TokenKeys<'a> {
     line: u32,
     start: usize,
     end: usize,
-    name: Option<Str<'a>>,
+    name: Option<SpannedText<'a>>,
     active: Option<bool>,
-    token: Option<Str<'a>>,
-    token_sha256: Option<Str<'a>>,
-    ip_restriction: Option<Vec<Str<'a>>>,
-    access_right: Option<Str<'a>>,
-    expires: Option<Str<'a>>,
+    token: Option<SpannedText<'a>>,
+    token_sha256: Option<SpannedText<'a>>,
+    ip_restriction: Option<Vec<SpannedText<'a>>>,
+    access_right: Option<SpannedText<'a>>,
+    expires: Option<SpannedText<'a>>,
 }
 
 fn finish<'a>(sink: &mut impl Sink<'a>, t: Table<'a>) -> Option<()> {
@@ -228,7 +228,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `"..."` without escapes, or `'...'`; no control characters but tab.
-    fn string(&mut self) -> Option<Str<'a>> {
+    fn string(&mut self) -> Option<SpannedText<'a>> {
         let quote = self.peek()?;
         if quote != b'"' && quote != b'\'' {
             return None;
@@ -252,7 +252,7 @@ impl<'a> Scanner<'a> {
         }
         let text = &self.text[body..self.pos];
         self.pos += 1;
-        Some(Str { text: Cow::Borrowed(text), span: start..self.pos })
+        Some(SpannedText { text: Cow::Borrowed(text), span: start..self.pos })
     }
 
     fn boolean(&mut self) -> Option<bool> {
@@ -267,7 +267,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `[ "a", 'b', ]`, across lines, with comments between elements.
-    fn string_array(&mut self) -> Option<Vec<Str<'a>>> {
+    fn string_array(&mut self) -> Option<Vec<SpannedText<'a>>> {
         if !self.eat("[") {
             return None;
         }
@@ -303,7 +303,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// An offset date-time (`2027-06-30T00:00:00Z`), or a string holding one.
-    fn datetime_or_string(&mut self) -> Option<Str<'a>> {
+    fn datetime_or_string(&mut self) -> Option<SpannedText<'a>> {
         if matches!(self.peek(), Some(b'"' | b'\'')) {
             return self.string();
         }
@@ -315,7 +315,7 @@ impl<'a> Scanner<'a> {
         // Only the form the general reader would turn into the same text.
         let dt: toml_edit::Datetime = raw.parse().ok()?;
         (dt.date.is_some() && dt.time.is_some() && dt.offset.is_some() && dt.to_string() == raw)
-            .then_some(Str { text: Cow::Borrowed(raw), span: start..self.pos })
+            .then_some(SpannedText { text: Cow::Borrowed(raw), span: start..self.pos })
     }
 }
 

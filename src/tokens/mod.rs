@@ -3,6 +3,8 @@
 
 pub mod file;
 mod lines;
+pub mod raw;
+pub mod read;
 pub mod reload;
 pub mod state;
 pub mod table;

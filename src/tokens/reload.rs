@@ -1,7 +1,9 @@
 //! The token store: the table now serving behind an atomic pointer, and the
 //! only code that replaces it. A new table is parsed and validated whole,
 //! off the request path, then swapped in at one instant; a file with any
-//! error is not applied and the last good table keeps serving.
+//! error is not applied and the last good table keeps serving. Counts
+//! nothing itself: each reload's outcome goes to the caller (`cli::run`
+//! counts it in the metrics).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,17 +15,16 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use super::file::{self, Loaded};
+use super::read::{fingerprint, read_stable, Fingerprint, QUIET};
 use super::state::StateRegistry;
 use super::table::TokenTable;
 use crate::diagnostic::{ConfigError, ConfigErrors};
-use crate::telemetry::metrics::Metrics;
 
 /// The table requests read, and what a reload needs to replace it.
 pub struct TokenStore {
     current: ArcSwap<TokenTable>,
     states: Arc<StateRegistry>,
     path: PathBuf,
-    metrics: Arc<Metrics>,
     /// The file's fingerprint just before it was first read, so that an edit
     /// made while the gateway was starting is not missed.
     opened: Option<Fingerprint>,
@@ -37,17 +38,15 @@ impl TokenStore {
     /// Loads the file for the first time. There is no last good table yet,
     /// so an invalid file is an error for the caller to report. Returns the
     /// store and the file's warnings.
-    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<(Self, Vec<ConfigError>), ConfigErrors> {
+    pub fn open(path: &Path) -> Result<(Self, Vec<ConfigError>), ConfigErrors> {
         let states = Arc::new(StateRegistry::default());
         let opened = fingerprint(path);
         let text = read_stable(path)?;
         let Loaded { table, warnings } = file::parse(path, &text)?;
-        metrics.reload_succeeded(table.len());
         let store = Self {
             current: ArcSwap::from_pointee(table),
             states,
             path: path.to_path_buf(),
-            metrics,
             opened,
             last_text: AtomicU64::new(text_hash(&text)),
         };
@@ -107,7 +106,6 @@ impl TokenStore {
                 let old = self.current.swap(Arc::new(loaded.table));
                 // Counters of names gone from the file stay (they are
                 // counters): a name that comes back continues them.
-                self.metrics.reload_succeeded(n);
                 tracing::info!(
                     tokens = n,
                     file = %self.path.display(),
@@ -120,7 +118,6 @@ impl TokenStore {
                 Ok(n)
             }
             Err(errors) => {
-                self.metrics.reload_failed();
                 for e in &errors.0 {
                     tracing::error!(error = %e, "token file not applied; the last good table keeps serving");
                 }
@@ -129,57 +126,6 @@ impl TokenStore {
         }
     }
 }
-
-/// What identifies one version of the file without reading it: inode,
-/// size and change times (of the target, through symlinks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-/// The file's fingerprint now, or `None` when it does not exist.
-pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-    })
-}
-
-/// Reads the file, and reads it again if it changed while being read, so a
-/// write in progress is not taken for the new version.
-pub(crate) fn read_stable(path: &Path) -> Result<String, ConfigErrors> {
-    let mut last_err = None;
-    for _ in 0..5 {
-        let before = fingerprint(path);
-        match std::fs::read_to_string(path) {
-            Ok(text) if fingerprint(path) == before && before.is_some_and(|f| f.len == text.len() as u64) => {
-                return Ok(text)
-            }
-            Ok(_) => {}
-            Err(e) => last_err = Some(e.to_string()),
-        }
-        std::thread::sleep(QUIET);
-    }
-    Err(ConfigErrors::whole_file(
-        path,
-        match last_err {
-            Some(e) => format!("cannot read the token file: {e}"),
-            None => "the token file kept changing while it was read".into(),
-        },
-    ))
-}
-
-/// How long the file must be left alone before it is read after a change.
-pub const QUIET: Duration = Duration::from_millis(100);
 
 /// Longest wait for the folder to become quiet: a folder that never stops
 /// changing must not hold back a revocation.
@@ -213,7 +159,14 @@ enum Trigger {
 /// at once on SIGHUP. Reloads run one at a time, on a blocking thread.
 /// `hup` must be made with [`listen_for_sighup`] before the gateway says it
 /// is ready, or a SIGHUP in between would end the process (its default).
-pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>) {
+/// Every reload that read the file is handed to `outcome`: the number of
+/// tokens now serving, or why the file was not applied.
+pub async fn follow(
+    store: Arc<TokenStore>,
+    hup: Option<Signal>,
+    outcome: impl Fn(&Result<usize, ConfigErrors>) + Send + Sync + 'static,
+) {
+    let outcome = Arc::new(outcome);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let open_for_write = Arc::new(AtomicBool::new(false));
     // Set by events that name the file (or a Kubernetes `..` entry): only
@@ -279,13 +232,17 @@ pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>) {
             continue;
         }
         seen = now;
-        let s = store.clone();
+        let (s, report) = (store.clone(), outcome.clone());
         if signal {
             tracing::info!("SIGHUP: reloading the token file");
-            let _ = tokio::task::spawn_blocking(move || s.reload()).await;
-        } else {
-            let _ = tokio::task::spawn_blocking(move || s.reload_if_changed()).await;
         }
+        let _ = tokio::task::spawn_blocking(move || {
+            let result = if signal { Some(s.reload()) } else { s.reload_if_changed() };
+            if let Some(r) = result {
+                report(&r);
+            }
+        })
+        .await;
     }
 }
 

@@ -9,10 +9,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-use crate::denial::DENIAL_CODES;
+use strum::EnumCount;
 
-/// Index of "allowed" in [`TokenState::counts`]; denials follow their codes.
-pub const ALLOWED: usize = DENIAL_CODES.len();
+use crate::denial::DenialCode;
+
+/// What was decided for one request of a token, as its counters keep it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Every row of interface.md §5 passed.
+    Allowed,
+    /// A row refused it.
+    Denied(DenialCode),
+}
 
 /// One token's live state.
 #[derive(Debug, Default)]
@@ -21,14 +29,15 @@ pub struct TokenState {
     pub name: Arc<str>,
     last_use_ms: AtomicU64,
     last_ip: Mutex<Option<IpAddr>>,
-    /// Requests by decision: one per denial code, then allowed.
-    counts: [AtomicU64; ALLOWED + 1],
+    allowed: AtomicU64,
+    /// Refusals, indexed by code.
+    denied: [AtomicU64; DenialCode::COUNT],
 }
 
 impl TokenState {
     /// Records one decision made for this token.
-    pub fn record(&self, outcome: usize, ip: IpAddr, now: SystemTime) {
-        self.counts[outcome].fetch_add(1, Ordering::Relaxed);
+    pub fn record(&self, decision: Decision, ip: IpAddr, now: SystemTime) {
+        self.counter(decision).fetch_add(1, Ordering::Relaxed);
         let ms = unix_ms(now);
         self.last_use_ms.fetch_max(ms, Ordering::Relaxed);
         // A per-token lock held for a copy; never shared across tokens.
@@ -50,9 +59,16 @@ impl TokenState {
         self.last_ip.lock().ok().and_then(|g| *g)
     }
 
-    /// Count for one outcome index.
-    pub fn count(&self, outcome: usize) -> u64 {
-        self.counts[outcome].load(Ordering::Relaxed)
+    /// How many requests had this decision.
+    pub fn count(&self, decision: Decision) -> u64 {
+        self.counter(decision).load(Ordering::Relaxed)
+    }
+
+    fn counter(&self, decision: Decision) -> &AtomicU64 {
+        match decision {
+            Decision::Allowed => &self.allowed,
+            Decision::Denied(code) => &self.denied[code as usize],
+        }
     }
 }
 

@@ -14,8 +14,9 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use super::state::{StateRegistry, TokenState};
-use crate::decide::client_ip::canonical_net;
-use crate::decide::route::RoutePattern;
+use crate::net::canonical_net;
+use crate::percent::hex_val;
+use crate::rights::AccessRight;
 
 /// A caller's token as it arrived. Its `Debug` never prints it.
 pub struct Token<'a>(pub &'a [u8]);
@@ -44,8 +45,8 @@ impl TokenHash {
         }
         let mut out = [0u8; 32];
         for (i, pair) in b.chunks_exact(2).enumerate() {
-            let h = crate::decide::hex_val(pair[0])?;
-            let l = crate::decide::hex_val(pair[1])?;
+            let h = hex_val(pair[0])?;
+            let l = hex_val(pair[1])?;
             out[i] = h << 4 | l;
         }
         Some(Self(out))
@@ -65,37 +66,6 @@ impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TokenHash(<redacted>)")
     }
-}
-
-/// The ACTIONs a right allows on the XMLAPI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Actions {
-    /// `["*"]`: every ACTION.
-    Any,
-    /// These, compared without regard to ASCII case.
-    Listed(Box<[Box<str>]>),
-}
-
-impl Actions {
-    /// Whether `action` (decoded bytes) is allowed. A non-ASCII spelling never
-    /// matches a listed name, so no Unicode case mapping can widen a right.
-    pub fn allows(&self, action: &[u8]) -> bool {
-        match self {
-            Actions::Any => true,
-            Actions::Listed(list) => list.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(action)),
-        }
-    }
-}
-
-/// A named access right from `[access_rights.NAME]`.
-#[derive(Debug)]
-pub struct AccessRight {
-    /// Its name in the token file.
-    pub name: Arc<str>,
-    /// ACTIONs allowed on the XMLAPI path.
-    pub actions: Actions,
-    /// Routes allowed off the XMLAPI path.
-    pub routes: Box<[RoutePattern]>,
 }
 
 /// Where a token may be used from; empty means anywhere. Shared between
@@ -257,20 +227,20 @@ pub struct TableBuilder {
     restriction_ids: FxHashMap<Vec<IpNet>, u32>,
 }
 
-/// What [`TableBuilder::insert`] takes.
+/// One token as [`TableBuilder::insert`] takes it, validated.
 #[derive(Debug, Clone, Copy)]
-pub struct NewToken<'a> {
+pub struct TokenRow<'a> {
     /// SHA-256 of the token.
     pub digest: TokenHash,
-    /// Unique name.
+    /// Its name; the builder refuses a second token with the same one.
     pub name: &'a str,
-    /// `active`.
+    /// `false`: refused with TOKEN_INACTIVE.
     pub active: bool,
-    /// `expires`.
+    /// From this instant on refused with TOKEN_EXPIRED; `None`: never.
     pub expires: Option<SystemTime>,
-    /// From [`TableBuilder::add_right`].
+    /// Its access right, as [`TableBuilder::add_right`] numbered it.
     pub right: u16,
-    /// From [`TableBuilder::restriction`].
+    /// Its IP restriction, as [`TableBuilder::restriction`] numbered it.
     pub restriction: u32,
     /// Line of its `[[token]]`.
     pub line: u32,
@@ -320,7 +290,7 @@ impl TableBuilder {
     }
 
     /// Adds a token. On a duplicate the table is unchanged.
-    pub fn insert(&mut self, t: NewToken<'_>) -> Result<(), Duplicate> {
+    pub fn insert(&mut self, t: TokenRow<'_>) -> Result<(), Duplicate> {
         let TokenTable { index, entries, names, .. } = &mut self.table;
         let name_hash = FxBuildHasher.hash_one(t.name);
         let same_name = self.by_name.find(name_hash, |&i| name_of(names, &entries[i as usize]) == t.name);
@@ -357,7 +327,7 @@ impl TableBuilder {
         Ok(())
     }
 
-    /// The finished table.
+    /// The finished table, its storage trimmed to what it holds.
     pub fn finish(mut self) -> TokenTable {
         let TokenTable { index, entries, names, .. } = &mut self.table;
         entries.shrink_to_fit();
@@ -380,15 +350,6 @@ mod tests {
         assert!(!format!("{h:?}").contains(&h.to_hex()));
         assert_eq!(format!("{:?}", Token(b"secret")), "Token(<redacted>)");
         assert_eq!(h.to_hex(), "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b");
-    }
-
-    #[test]
-    fn actions_compare_ascii_case_only() {
-        let a = Actions::Listed(vec!["TARGETDATA".into()].into());
-        assert!(a.allows(b"targetdata"));
-        assert!(!a.allows(b"TARGETDATA "));
-        assert!(!a.allows("TARGETDAṪA".as_bytes()));
-        assert!(Actions::Any.allows(b"anything"));
     }
 
     #[test]

@@ -7,6 +7,8 @@ mod admin;
 mod cli;
 mod decision;
 mod forwarding;
+mod layers;
+mod pipeline;
 mod reload;
 mod tls;
 mod tomcat;

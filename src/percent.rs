@@ -1,9 +1,10 @@
 //! Percent-escapes, decoded the one way the gateway decodes them everywhere
-//! (paths, parameter names, parameter values): `%XX` is a byte, anything else
-//! is itself, and a `%` not followed by two hex digits is malformed.
+//! (paths, parameter names, parameter values, digests in the token file):
+//! `%XX` is a byte, anything else is itself, and a `%` not followed by two
+//! hex digits is malformed. A leaf: uses nothing of the crate.
 
 /// The value of one hex digit.
-pub(crate) fn hex_val(c: u8) -> Option<u8> {
+pub fn hex_val(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
@@ -15,7 +16,7 @@ pub(crate) fn hex_val(c: u8) -> Option<u8> {
 /// The decoded bytes of `raw`, one at a time; `None` for a malformed escape
 /// (and nothing after it). With `plus_is_space`, `+` is a space (query and
 /// form encoding); in a path it is itself.
-pub(crate) fn unescape(raw: &[u8], plus_is_space: bool) -> impl Iterator<Item = Option<u8>> + '_ {
+pub fn unescape(raw: &[u8], plus_is_space: bool) -> impl Iterator<Item = Option<u8>> + '_ {
     let mut i = 0;
     std::iter::from_fn(move || {
         let b = *raw.get(i)?;
