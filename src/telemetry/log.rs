@@ -8,11 +8,14 @@
 //! than block a request.
 //!
 //! Why not tracing-appender's `non_blocking`, which has the same interface:
-//! its worker blocks on the queue, so each line a request queues wakes it
-//! (a futex call), and it writes each time the queue runs dry; on the
-//! gateway's CPU that is a wake-up and a `write` for nearly every request.
-//! Measured on the allowed-GET workload (`instructions.py`, one CPU):
-//! FIXME figures.
+//! its worker blocks on the queue, so a line queued while it sleeps wakes
+//! it (a futex call), and it writes each time the queue runs dry, which on
+//! the gateway's CPU is a wake-up and a `write` for nearly every request;
+//! and it allocates a buffer per line where this writer reuses them.
+//! Measured with `instructions.py` (user space only, so the wake-ups are
+//! not even in it), this writer against `non_blocking` on the same build:
+//! allowed GET 55,782 vs 57,409 instructions per request, unknown token
+//! 26,824 vs 28,472, form POST 64,118 vs 65,493.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
