@@ -348,7 +348,7 @@ fn bench_rewrite(c: &mut Criterion) {
     g.bench_function("headers", |b| {
         b.iter_batched_ref(
             || headers.clone(),
-            |h| upstream_headers(h, black_box(&host), forwarded_for(black_box(&resolved)), true),
+            |h| upstream_headers(h, black_box(&host), forwarded_for(black_box(&resolved)), true, Vec::new()),
             BatchSize::SmallInput,
         )
     });

@@ -55,6 +55,8 @@ pub struct Grant<'t, 'i, 'r> {
     pub path: &'i CanonicalPath<'r>,
     /// The client the decision was made for.
     pub client: &'i Resolved,
+    /// The caller's token as it came (decoded): it must not go upstream.
+    pub apptoken: &'i [u8],
 }
 
 /// A refusal, with the token when one was found (for its counters).
@@ -123,7 +125,7 @@ pub fn decide<'t, 'i, 'r>(
         BodyCheck::Refused(why) => return Err(deny(Denial::AmbiguousRequest(why))),
     }
     let path = asked.path.as_ref().map_err(|NotCanonical(why)| deny(Denial::AmbiguousRequest(why)))?;
-    let grant = Grant { token: entry, path, client };
+    let grant = Grant { token: entry, path, client, apptoken: token };
     if path.is_xmlapi() {
         match &params.action {
             // The clients' login probe.

@@ -16,6 +16,13 @@ use crate::decide::route::CanonicalPath;
 use crate::decide::{BodyCheck, DecisionInput};
 use crate::telemetry::access::AccessRecord;
 
+/// Whether the query alone asks for JSON answers (`JSON=1`), for answers
+/// given before the body is read.
+pub fn query_asks_json(parts: &Parts) -> bool {
+    let mut params = Params::default();
+    params.scan(parts.uri.query().map(str::as_bytes).unwrap_or_default()).is_ok() && params.json
+}
+
 /// Whether refusals are to be JSON (`JSON=1` in the query or the form).
 pub fn json(asked: &DecisionInput<'_>) -> bool {
     asked.params.as_ref().is_ok_and(|p| p.json)

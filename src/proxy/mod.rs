@@ -4,6 +4,7 @@
 //!
 //! | stage | module | what it does |
 //! | --- | --- | --- |
+//! | 0. framing | [`framing`] | one Host, an origin-form target, one valid Content-Length, no method override |
 //! | 1. inspect the body | [`inspect`] | a form is read whole (it may carry APPTOKEN or ACTION); other bodies stream on |
 //! | 2. gather | [`gather`] | APPTOKEN, ACTION, JSON, the path as Tomcat maps it, the client address |
 //! | 3. decide | [`crate::decide`] | the pure decision of §5, row by row; a grant is final |
@@ -15,6 +16,7 @@
 //! ([`GatewayError`]) at once; a refused request never reaches stage 5.
 
 pub mod count;
+pub mod framing;
 pub mod gather;
 pub mod inspect;
 pub mod pool;
@@ -37,6 +39,7 @@ use crate::config::{Config, UpstreamToken};
 use crate::decide::client_ip::{PeerAddr, TrustedProxies};
 use crate::decide::decide;
 use crate::denial::GatewayError;
+use crate::percent::Spelled;
 use crate::telemetry::access::{AccessRecord, Logged};
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::reload::TokenStore;
@@ -58,6 +61,8 @@ pub struct GatewayState {
     pub upstream: Arc<UpstreamClient>,
     /// `upstream.apptoken_file`: put upstream in place of the caller's token.
     pub credential: Option<UpstreamToken>,
+    /// The same credential in every spelling, to be kept out of answers.
+    pub credential_in_answers: Option<Spelled>,
     /// The Host header for the upstream, made once.
     pub upstream_host: HeaderValue,
     /// `client_ip.trusted_proxies`.
@@ -81,6 +86,7 @@ impl GatewayState {
             metrics,
             upstream: Arc::new(upstream),
             credential: cfg.upstream.apptoken.clone(),
+            credential_in_answers: cfg.upstream.apptoken.as_ref().and_then(|c| Spelled::new(c.0.as_bytes())),
             upstream_host: HeaderValue::from_str(cfg.upstream.authority.as_str())?,
             trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
             inspector: Inspector {
@@ -108,6 +114,14 @@ where
     // pieces then take no room in the future while it waits upstream.
     let (upstream_request, record, json) = {
         let (parts, body) = req.into_parts();
+
+        // 0. Framing first: a request that could be read two ways is
+        //    refused before any token is looked up.
+        if let Err(denial) = framing::check(&parts) {
+            gateway.metrics.anonymous_denial(denial.code());
+            let record = AccessRecord::new(start, peer.0.to_canonical(), &parts);
+            return own_answer(denial.into(), record, gather::query_asks_json(&parts));
+        }
 
         // 1. Inspect the body: a form is read before anything is decided
         //    (it may hold the APPTOKEN or ACTION that decide the request).
@@ -152,8 +166,10 @@ where
             return own_answer(GatewayError::Internal, record, json);
         };
         let forwarded_for = rewrite::forwarded_for(grant.client);
+        let holding_token = rewrite::headers_holding(&parts.headers, grant.apptoken);
         drop(asked);
-        let upstream_request = rewrite::upstream_request(parts, body, target, &gateway.upstream_host, forwarded_for);
+        let host = &gateway.upstream_host;
+        let upstream_request = rewrite::upstream_request(parts, body, target, host, forwarded_for, holding_token);
         (upstream_request, record, json)
     };
 
@@ -173,7 +189,7 @@ fn forward(
         Ok((resp, took)) => {
             gateway.metrics.upstream_latency(took);
             let (mut parts, body) = resp.into_parts();
-            rewrite::downstream_headers(&mut parts.headers, gateway.credential.as_ref());
+            rewrite::downstream_headers(&mut parts.headers, gateway.credential_in_answers.as_ref());
             record.upstream_status = Some(parts.status.as_u16());
             Response::from_parts(parts, Logged::new(Either::Right(body), record))
         }

@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod decision;
 mod forwarding;
+mod framing;
 mod layers;
 mod pipeline;
 mod reload;

@@ -50,6 +50,8 @@ pub enum Reply {
     /// 302 to the same path with a slash, carrying the query it was sent (as
     /// a servlet container's context-root redirect does), and a session cookie.
     Redirect,
+    /// 200 with these extra answer headers.
+    Headers(Vec<(&'static str, String)>),
 }
 
 pub const OK_BODY: &str = "<?xml version=\"1.0\"?><RESPONSE><SUCCESS>true</SUCCESS></RESPONSE>";
@@ -192,6 +194,13 @@ async fn handle(
             let mut resp = xml(302, "");
             resp.headers_mut().insert("location", redirect_to.parse().unwrap());
             resp.headers_mut().insert("set-cookie", "JSESSIONID=upstream-session; Path=/opi".parse().unwrap());
+            resp
+        }
+        Reply::Headers(extra) => {
+            let mut resp = xml(200, OK_BODY);
+            for (k, v) in extra {
+                resp.headers_mut().append(k, v.parse().unwrap());
+            }
             resp
         }
         Reply::Delay(d) => {
