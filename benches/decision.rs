@@ -135,6 +135,7 @@ fn asked(queries: Vec<String>, now: SystemTime) -> Vec<DecisionInput<'static>> {
                 body: BodyCheck::Fine,
                 client: Ok(Resolved { client, hops: Vec::new() }),
                 now,
+                known_digest: None,
             }
         })
         .collect()

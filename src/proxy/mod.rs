@@ -43,7 +43,7 @@ use crate::percent::Spelled;
 use crate::telemetry::access::{AccessRecord, Logged};
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::reload::TokenStore;
-use inspect::{BodyPlan, InspectBudget, Inspector};
+use inspect::{Account, BodyPlan, InspectBudget, Inspector};
 use pool::UpstreamBody;
 use upstream::UpstreamClient;
 
@@ -124,23 +124,33 @@ where
         }
 
         // 1. Inspect the body: a form is read before anything is decided
-        //    (it may hold the APPTOKEN or ACTION that decide the request).
-        let body = match gateway.inspector.plan(&parts.headers, body) {
-            BodyPlan::Ready(body) => body,
-            BodyPlan::ReadForm(form) => match gateway.inspector.read_form(form).await {
-                Ok(body) => body,
-                Err(inspect::NoRoom) => {
-                    let record = AccessRecord::new(start, peer.0.to_canonical(), &parts);
-                    return own_answer(GatewayError::Busy, record, false);
+        //    (it may hold the APPTOKEN or ACTION that decide the request),
+        //    in the room of the token its query names when that token may
+        //    be used from here, else in the room shared by client address.
+        let (body, known_digest) = match gateway.inspector.plan(&parts.headers, body) {
+            BodyPlan::Ready(body) => (body, None),
+            BodyPlan::ReadForm(form) => {
+                let early = gather::before_body(&parts, peer, &gateway.trusted, &gateway.tokens, SystemTime::now());
+                let account = match &early.token {
+                    Some(state) => Account::Token(state),
+                    None => Account::Client(early.client),
+                };
+                match gateway.inspector.read_form(form, account).await {
+                    Ok(body) => (body, early.digest),
+                    Err(inspect::NoRoom) => {
+                        let record = AccessRecord::new(start, early.client, &parts);
+                        return own_answer(GatewayError::Busy, record, early.json);
+                    }
                 }
-            },
+            }
         };
 
         // Stages 2 to 5 take no time and wait for nothing: one table
         // serves the whole decision.
         let now = SystemTime::now();
         // 2. Gather what the request asks.
-        let asked = gather::gather(&parts, body.form(), body.check(), peer, &gateway.trusted, now);
+        let known_digest = known_digest.as_ref().map(|(value, digest)| (&**value, *digest));
+        let asked = gather::gather(&parts, body.form(), body.check(), peer, &gateway.trusted, now, known_digest);
         let client = gather::client_for_log(&asked, peer);
         let json = gather::json(&asked);
         let mut record = AccessRecord::new(start, client, &parts);

@@ -2,6 +2,7 @@
 //! records what reaches it, on ephemeral ports of 127.0.0.1.
 
 mod harness;
+mod inspect;
 
 mod admin;
 mod cli;
