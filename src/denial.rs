@@ -94,6 +94,8 @@ pub enum UpstreamFailure {
     Tls,
     /// No answer began within `upstream.timeout`: 504.
     Timeout,
+    /// No REST token of the scanner's could be had for a REST route: 502.
+    Auth,
 }
 
 impl UpstreamFailure {
@@ -133,7 +135,9 @@ impl GatewayError {
     pub fn status(self) -> StatusCode {
         match self {
             GatewayError::Denied(d) => d.status(),
-            GatewayError::Upstream(UpstreamFailure::Unreachable | UpstreamFailure::Tls) => StatusCode::BAD_GATEWAY,
+            GatewayError::Upstream(UpstreamFailure::Unreachable | UpstreamFailure::Tls | UpstreamFailure::Auth) => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,6 +151,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Unreachable) => "UPSTREAM_UNREACHABLE",
             GatewayError::Upstream(UpstreamFailure::Tls) => "UPSTREAM_TLS",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "UPSTREAM_TIMEOUT",
+            GatewayError::Upstream(UpstreamFailure::Auth) => "UPSTREAM_AUTH",
             GatewayError::Busy => "GATEWAY_BUSY",
             GatewayError::Internal => "INTERNAL_ERROR",
         }
@@ -159,6 +164,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Unreachable) => "The scanner could not be reached",
             GatewayError::Upstream(UpstreamFailure::Tls) => "The scanner's TLS certificate was not accepted",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "The scanner did not answer in time",
+            GatewayError::Upstream(UpstreamFailure::Auth) => "The gateway could not log in to the scanner's REST API",
             GatewayError::Busy => "The gateway is reading too many request bodies at once; try again",
             GatewayError::Internal => "The gateway failed to handle the request",
         }
@@ -282,6 +288,7 @@ mod tests {
             (GatewayError::Upstream(UpstreamFailure::Unreachable), 502, "UPSTREAM_UNREACHABLE", "unreachable"),
             (GatewayError::Upstream(UpstreamFailure::Tls), 502, "UPSTREAM_TLS", "tls"),
             (GatewayError::Upstream(UpstreamFailure::Timeout), 504, "UPSTREAM_TIMEOUT", "timeout"),
+            (GatewayError::Upstream(UpstreamFailure::Auth), 502, "UPSTREAM_AUTH", "auth"),
         ];
         for (e, status, code, label) in all {
             assert_eq!((e.status().as_u16(), e.code()), (status, code));

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::request::Parts;
 
 use crate::decide::client_ip::{resolve, PeerAddr, TrustedProxies};
@@ -37,6 +37,13 @@ pub fn json(asked: &DecisionInput<'_>) -> bool {
 /// decided on, or the peer when none could be.
 pub fn client_for_log(asked: &DecisionInput<'_>, peer: PeerAddr) -> IpAddr {
     asked.client.as_ref().map_or(peer.0.to_canonical(), |r| r.client.0)
+}
+
+/// Whether this is an XMLAPI request that names an ACTION (the clients'
+/// login probe names none).
+pub fn names_an_action(asked: &DecisionInput<'_>) -> bool {
+    asked.path.as_ref().is_ok_and(|p| p.is_xmlapi())
+        && asked.params.as_ref().is_ok_and(|p| !matches!(p.action, ParamValue::Absent))
 }
 
 /// The ACTION as the access log shows it.
@@ -105,18 +112,17 @@ pub fn gather<'r>(
     now: SystemTime,
     known_digest: Option<(&'r [u8], TokenHash)>,
 ) -> DecisionInput<'r> {
+    let path = CanonicalPath::parse(parts.uri.path());
     let mut params = Params::default();
     let query = parts.uri.query().map(str::as_bytes).unwrap_or_default();
-    let params = params.scan(query).and_then(|()| form.map_or(Ok(()), |f| params.scan(f))).map(|()| params);
+    let mut params = params.scan(query).and_then(|()| form.map_or(Ok(()), |f| params.scan(f))).map(|()| params);
+    // Outside the XMLAPI a REST client sends its token as a bearer.
+    if let (Ok(p), Ok(path)) = (&mut params, &path) {
+        if !path.is_xmlapi() {
+            p.scan_bearers(parts.headers.get_all(AUTHORIZATION).iter().map(HeaderValue::as_bytes));
+        }
+    }
     let forwarded_for = || parts.headers.get_all(HeaderName::from_static("x-forwarded-for")).iter();
     let resolved = resolve(peer, forwarded_for, trusted);
-    DecisionInput {
-        method: &parts.method,
-        path: CanonicalPath::parse(parts.uri.path()),
-        params,
-        body,
-        client: resolved,
-        now,
-        known_digest,
-    }
+    DecisionInput { method: &parts.method, path, params, body, client: resolved, now, known_digest }
 }

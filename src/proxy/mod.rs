@@ -20,6 +20,7 @@ pub mod framing;
 pub mod gather;
 pub mod inspect;
 pub mod pool;
+pub mod rest;
 pub mod rewrite;
 pub mod upstream;
 
@@ -35,7 +36,7 @@ use http_body::Body;
 use http_body_util::{Either, Full};
 use tower_http::BoxError;
 
-use crate::config::{Config, UpstreamToken};
+use crate::config::{Config, DenialStatus, UpstreamToken};
 use crate::decide::client_ip::{PeerAddr, TrustedProxies};
 use crate::decide::decide;
 use crate::denial::GatewayError;
@@ -45,6 +46,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::tokens::reload::TokenStore;
 use inspect::{Account, BodyPlan, InspectBudget, Inspector};
 use pool::UpstreamBody;
+use rest::{NoRestToken, RestSession};
 use upstream::UpstreamClient;
 
 /// What the client gets: the gateway's own answer or the upstream's,
@@ -69,6 +71,20 @@ pub struct GatewayState {
     pub trusted: TrustedProxies,
     /// Reads the bodies that must be read to decide.
     pub inspector: Inspector,
+    /// `server.denial_status`.
+    pub denial_status: DenialStatus,
+    /// `[upstream.rest]`: the scanner's REST token for REST routes.
+    pub rest: Option<Arc<RestSession>>,
+}
+
+/// How the gateway's own answer to one request is shaped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// `JSON=1` was given: JSON, not XML.
+    pub json: bool,
+    /// A refusal answers 200 (`denial_status = "xmlapi"`, an XMLAPI
+    /// request that names an ACTION).
+    pub refusal_as_200: bool,
 }
 
 impl GatewayState {
@@ -81,13 +97,19 @@ impl GatewayState {
         upstream: UpstreamClient,
     ) -> Result<Self, InvalidHeaderValue> {
         let limits = &cfg.limits;
+        let upstream = Arc::new(upstream);
+        let upstream_host = HeaderValue::from_str(cfg.upstream.authority.as_str())?;
+        let rest = cfg.upstream.rest.clone().map(|rest| {
+            let (cred, host) = (cfg.upstream.apptoken.clone(), upstream_host.clone());
+            Arc::new(RestSession::new(rest, cred, host, upstream.clone(), metrics.clone()))
+        });
         Ok(Self {
             tokens,
             metrics,
-            upstream: Arc::new(upstream),
+            upstream,
             credential: cfg.upstream.apptoken.clone(),
             credential_in_answers: cfg.upstream.apptoken.as_ref().and_then(|c| Spelled::new(c.0.as_bytes())),
-            upstream_host: HeaderValue::from_str(cfg.upstream.authority.as_str())?,
+            upstream_host,
             trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
             inspector: Inspector {
                 limit: limits.inspect_body_bytes,
@@ -98,6 +120,8 @@ impl GatewayState {
                     limits.body_idle_timeout.min(Duration::from_secs(1)),
                 ),
             },
+            denial_status: cfg.denial_status,
+            rest,
         })
     }
 }
@@ -112,7 +136,7 @@ where
     let start = Instant::now();
     // Stages 1 to 5. Only owned values leave this block: the request's
     // pieces then take no room in the future while it waits upstream.
-    let (upstream_request, record, json) = {
+    let (upstream_request, record, shape, rest) = {
         let (parts, body) = req.into_parts();
 
         // 0. Framing first: a request that could be read two ways is
@@ -120,7 +144,11 @@ where
         if let Err(denial) = framing::check(&parts) {
             gateway.metrics.anonymous_denial(denial.code());
             let record = AccessRecord::new(start, peer.0.to_canonical(), &parts);
-            return own_answer(denial.into(), record, gather::query_asks_json(&parts));
+            return own_answer(
+                denial.into(),
+                record,
+                Shape { json: gather::query_asks_json(&parts), ..Shape::default() },
+            );
         }
 
         // 1. Inspect the body: a form is read before anything is decided
@@ -139,7 +167,7 @@ where
                     Ok(body) => (body, early.digest),
                     Err(inspect::NoRoom) => {
                         let record = AccessRecord::new(start, early.client, &parts);
-                        return own_answer(GatewayError::Busy, record, early.json);
+                        return own_answer(GatewayError::Busy, record, Shape { json: early.json, ..Shape::default() });
                     }
                 }
             }
@@ -152,7 +180,10 @@ where
         let known_digest = known_digest.as_ref().map(|(value, digest)| (&**value, *digest));
         let asked = gather::gather(&parts, body.form(), body.check(), peer, &gateway.trusted, now, known_digest);
         let client = gather::client_for_log(&asked, peer);
-        let json = gather::json(&asked);
+        let shape = Shape {
+            json: gather::json(&asked),
+            refusal_as_200: gateway.denial_status == DenialStatus::Xmlapi && gather::names_an_action(&asked),
+        };
         let mut record = AccessRecord::new(start, client, &parts);
         record.action = gather::action_for_log(&asked);
 
@@ -164,27 +195,33 @@ where
         record.token = count::count(&verdict, gateway.tokens.states(), &gateway.metrics, client, now);
         let grant = match verdict {
             Ok(grant) => grant,
-            Err(refusal) => return own_answer(refusal.denial.into(), record, json),
+            Err(refusal) => return own_answer(refusal.denial.into(), record, shape),
         };
 
         // 5. Rewrite for the upstream: the path that was matched, the
-        //    client that was allowed.
-        let credential = gateway.credential.as_ref();
+        //    client that was allowed. A REST route with [upstream.rest]
+        //    carries the scanner's REST token (stage 6), not the APPTOKEN.
+        let rest = gateway.rest.clone().filter(|_| !grant.path.is_xmlapi());
+        let credential = if rest.is_some() { None } else { gateway.credential.as_ref() };
         let target = rewrite::upstream_uri(parts.uri.path(), grant.path, parts.uri.query(), credential);
         let Ok(target) = target else {
             tracing::error!("the upstream target could not be built from a granted request");
-            return own_answer(GatewayError::Internal, record, json);
+            return own_answer(GatewayError::Internal, record, shape);
         };
         let forwarded_for = rewrite::forwarded_for(grant.client);
         let holding_token = rewrite::headers_holding(&parts.headers, grant.apptoken);
         drop(asked);
         let host = &gateway.upstream_host;
         let upstream_request = rewrite::upstream_request(parts, body, target, host, forwarded_for, holding_token);
-        (upstream_request, record, json)
+        (upstream_request, record, shape, rest)
     };
 
     // 6. Forward, and stream the answer back.
-    forward(gateway, upstream_request, record, json).await
+    match rest {
+        None => forward(gateway, upstream_request, record, shape).await,
+        // Boxed: the REST token's renewal is the rare path.
+        Some(rest) => Box::pin(forward_rest(gateway, rest, upstream_request, record, shape)).await,
+    }
 }
 
 /// Sends the rewritten request and hands the answer back, or the gateway's
@@ -192,10 +229,69 @@ where
 fn forward(
     gateway: Arc<GatewayState>,
     request: Request<UpstreamBody>,
-    mut record: AccessRecord,
-    json: bool,
+    record: AccessRecord,
+    shape: Shape,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-    gateway.upstream.send(request).map(move |sent| match sent {
+    gateway.upstream.send(request).map(move |sent| answered(&gateway, sent, record, shape))
+}
+
+/// [`forward`] for a REST route with `[upstream.rest]`: the scanner's REST
+/// token as the bearer; after a 401 the token is renewed, and a request
+/// without a body is sent once more (one with a body was used up).
+async fn forward_rest(
+    gateway: Arc<GatewayState>,
+    rest: Arc<RestSession>,
+    mut request: Request<UpstreamBody>,
+    record: AccessRecord,
+    shape: Shape,
+) -> Response<ResponseBody> {
+    let Ok(token) = rest.token().await else {
+        return no_rest_token(&gateway, record, shape);
+    };
+    let bodiless = matches!(request.body(), Either::Left(full) if full.is_end_stream());
+    let again = bodiless.then(|| {
+        let mut again = Request::new(Either::Left(Full::new(Bytes::new())));
+        *again.method_mut() = request.method().clone();
+        *again.uri_mut() = request.uri().clone();
+        *again.version_mut() = request.version();
+        *again.headers_mut() = request.headers().clone();
+        again
+    });
+    request.headers_mut().insert(http::header::AUTHORIZATION, token.authorization.clone());
+    let sent = gateway.upstream.send(request).await;
+    let refused = matches!(&sent, Ok((resp, _)) if resp.status() == http::StatusCode::UNAUTHORIZED);
+    if !refused {
+        return answered(&gateway, sent, record, shape);
+    }
+    // The scanner no longer takes this token: renew at once (once, however
+    // many requests saw the 401).
+    let renewed = rest.after_401(&token).await;
+    match (again, renewed) {
+        (Some(mut again), Ok(fresh)) => {
+            drop(sent);
+            again.headers_mut().insert(http::header::AUTHORIZATION, fresh.authorization.clone());
+            let sent = gateway.upstream.send(again).await;
+            answered(&gateway, sent, record, shape)
+        }
+        (_, Err(NoRestToken)) => no_rest_token(&gateway, record, shape),
+        (None, Ok(_)) => answered(&gateway, sent, record, shape),
+    }
+}
+
+fn no_rest_token(gateway: &GatewayState, record: AccessRecord, shape: Shape) -> Response<ResponseBody> {
+    let failure = crate::denial::UpstreamFailure::Auth;
+    gateway.metrics.upstream_failure(failure);
+    own_answer(failure.into(), record, shape)
+}
+
+/// The upstream's answer, its headers cleaned, or the gateway's own 502/504.
+fn answered(
+    gateway: &GatewayState,
+    sent: Result<(Response<pool::AnswerBody>, Duration), crate::denial::UpstreamFailure>,
+    mut record: AccessRecord,
+    shape: Shape,
+) -> Response<ResponseBody> {
+    match sent {
         Ok((resp, took)) => {
             gateway.metrics.upstream_latency(took);
             let (mut parts, body) = resp.into_parts();
@@ -205,13 +301,17 @@ fn forward(
         }
         Err(failure) => {
             gateway.metrics.upstream_failure(failure);
-            own_answer(failure.into(), record, json)
+            own_answer(failure.into(), record, shape)
         }
-    })
+    }
 }
 
 /// The gateway's own answer, with its access line.
-fn own_answer(error: GatewayError, mut record: AccessRecord, json: bool) -> Response<ResponseBody> {
+fn own_answer(error: GatewayError, mut record: AccessRecord, shape: Shape) -> Response<ResponseBody> {
     record.error = Some(error);
-    error.into_response(json).map(|b| Logged::new(Either::Left(Full::new(b)), record))
+    let mut resp = error.into_response(shape.json);
+    if shape.refusal_as_200 && matches!(error, GatewayError::Denied(_)) {
+        *resp.status_mut() = http::StatusCode::OK;
+    }
+    resp.map(|b| Logged::new(Either::Left(Full::new(b)), record))
 }

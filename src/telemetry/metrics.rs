@@ -36,6 +36,7 @@ pub struct Metrics {
     last_good_load_ms: AtomicU64,
     tokens_loaded: AtomicU64,
     upstream_ready: AtomicBool,
+    rest_renewals: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -74,6 +75,11 @@ impl Metrics {
         self.tokens_loaded.store(tokens as u64, Ordering::Relaxed);
         let ms = unix_ms(SystemTime::now());
         self.last_good_load_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Counts one attempt to obtain the scanner's REST token.
+    pub fn rest_renewal(&self, succeeded: bool) {
+        self.rest_renewals[usize::from(!succeeded)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an invalid file; the last good table kept serving.
@@ -168,6 +174,18 @@ impl Collector for Scrape {
             let (ok, failed) = (m.reload_success.load(Ordering::Relaxed), m.reload_failure.load(Ordering::Relaxed));
             ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
             ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
+        }
+        {
+            let mut fam = enc.encode_descriptor(
+                "tokengate_rest_token_renewals",
+                "Attempts to obtain the scanner's REST token ([upstream.rest]), by outcome.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, outcome) in ["success", "failure"].into_iter().enumerate() {
+                let n = m.rest_renewals[i].load(Ordering::Relaxed);
+                ConstCounter::new(n).encode(fam.encode_family(&[("outcome", outcome)])?)?;
+            }
         }
         {
             let dropped = ConstCounter::new(crate::telemetry::log::DROPPED_LINES.load(Ordering::Relaxed));

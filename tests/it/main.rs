@@ -12,5 +12,6 @@ mod framing;
 mod layers;
 mod pipeline;
 mod reload;
+mod rest;
 mod tls;
 mod tomcat;
