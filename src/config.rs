@@ -75,6 +75,15 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     inspect_body_bytes: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
+    shared: Option<RawShared>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    redis: Spanned<String>,
+    on_error: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +217,35 @@ impl Default for Limits {
     }
 }
 
+/// What a limited request gets when the shared store cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Each replica counts alone, in its own bucket.
+    Local,
+    /// 429 RATE_LIMITED.
+    Deny,
+    /// Allowed, uncounted.
+    Allow,
+}
+
+/// `[limits.shared]`: per-token rates counted across every replica that
+/// names the same Redis.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedLimits {
+    /// `redis`: the store's URL (it may hold a password: `Debug` hides it).
+    pub redis: String,
+    /// `on_error`.
+    pub on_error: OnStoreError,
+    /// `timeout`: the longest wait for the store.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SharedLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLimits").field("on_error", &self.on_error).field("timeout", &self.timeout).finish()
+    }
+}
+
 /// Access log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -240,6 +278,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `server.denial_status`.
     pub denial_status: DenialStatus,
+    /// `[limits.shared]`, when present.
+    pub shared_limits: Option<SharedLimits>,
 }
 
 impl Config {
@@ -350,6 +390,27 @@ impl Config {
             }
         }
 
+        let shared_limits = limits.shared.as_ref().and_then(|sh| {
+            let redis = match redis::IntoConnectionInfo::into_connection_info(sh.redis.get_ref().as_str()) {
+                Ok(_) => Some(sh.redis.get_ref().clone()),
+                Err(_) => {
+                    // The URL may hold a password: said where, not quoted.
+                    src.error(Some(sh.redis.span()), "`redis` is not a Redis URL (redis://host:port/db)");
+                    None
+                }
+            };
+            let on_error = match sh.on_error.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+                None | Some(("local", _)) => OnStoreError::Local,
+                Some(("deny", _)) => OnStoreError::Deny,
+                Some(("allow", _)) => OnStoreError::Allow,
+                Some((other, span)) => {
+                    src.error(Some(span), format!("on_error {other:?} is not \"local\", \"deny\" or \"allow\""));
+                    OnStoreError::Local
+                }
+            };
+            let timeout = duration(sh.timeout.as_ref(), Duration::from_millis(50), &mut src);
+            Some(SharedLimits { redis: redis?, on_error, timeout })
+        });
         let d = Limits::default();
         let limits = Limits {
             header_read_timeout: duration(limits.header_read_timeout.as_ref(), d.header_read_timeout, &mut src),
@@ -387,6 +448,7 @@ impl Config {
                 admin_listen,
                 log_format,
                 denial_status,
+                shared_limits,
             }),
             _ => Err(ConfigErrors(src.into_errors())),
         }

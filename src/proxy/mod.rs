@@ -19,6 +19,7 @@ pub mod count;
 pub mod framing;
 pub mod gather;
 pub mod inspect;
+pub mod limit;
 pub mod pool;
 pub mod rest;
 pub mod rewrite;
