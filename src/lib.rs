@@ -23,6 +23,10 @@ pub mod tokens;
 // The pure decision of interface.md §5.
 pub mod decide;
 
+// What hyper's HTTP/1 parser reads and forgets (fragments, a length beside
+// chunked framing), noted per request head.
+pub mod wire;
+
 // Access log, metrics, the logger.
 pub mod telemetry;
 

@@ -10,6 +10,9 @@
 //!   (`http://host/path`), not asterisk-form (`*`), not authority-form;
 //! - at most one `Content-Length`, a plain decimal number, and not beside
 //!   `Transfer-Encoding`;
+//! - no fragment in the target. (hyper drops a fragment, and a length
+//!   beside chunked framing, while it parses an HTTP/1 head; the
+//!   connection's `wire::HeadWatch` notes them for this check.)
 //! - no method-override header (`X-HTTP-Method-Override`, `X-HTTP-Method`,
 //!   `X-Method-Override`): a framework that honours one would run another
 //!   method than the one the route was decided for.
@@ -21,6 +24,7 @@ use http::request::Parts;
 use http::{HeaderValue, Version};
 
 use crate::denial::Denial;
+use crate::wire::HeadNote;
 
 /// The headers that ask a framework to run another method.
 const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
@@ -28,6 +32,15 @@ const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", 
 /// Refuses a request whose framing could be read two ways.
 pub fn check(parts: &Parts) -> Result<(), Denial> {
     let refuse = |why| Err(Denial::AmbiguousRequest(why));
+    // What hyper forgot but the connection's watch noted (HTTP/1).
+    if let Some(note) = parts.extensions.get::<HeadNote>() {
+        if note.fragment {
+            return refuse("The request target has a fragment");
+        }
+        if note.length_and_chunked {
+            return refuse("The request has both Content-Length and Transfer-Encoding");
+        }
+    }
     let mut host: Option<&HeaderValue> = None;
     let mut content_length = false;
     let mut transfer_encoding = false;
