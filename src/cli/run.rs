@@ -14,7 +14,7 @@ use crate::decide::client_ip::PeerAddr;
 use crate::diagnostic::ConfigErrors;
 use crate::proxy::upstream::{UpstreamClient, UpstreamSetupError};
 use crate::proxy::GatewayState;
-use crate::server::TlsSetupError;
+use crate::server::tls::{CertStore, TlsSetupError};
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::reload::{self, TokenStore};
 use crate::{admin, server, stack, telemetry};
@@ -29,7 +29,7 @@ enum StartError {
     /// `upstream.ca_file` could not be used.
     Upstream(PathBuf, UpstreamSetupError),
     /// The `[server.tls]` pair could not be loaded.
-    Tls(PathBuf, TlsSetupError),
+    Tls(PathBuf, Box<TlsSetupError>),
     /// The upstream's host does not make a Host header.
     UpstreamHost(PathBuf),
     /// A listener could not be bound.
@@ -93,14 +93,20 @@ async fn serve(cfg: Config, scheduler: &'static str) -> Result<(), StartError> {
         tracing::warn!(warning = %w, "token file");
     }
     let upstream = UpstreamClient::new(&cfg.upstream).map_err(|e| StartError::Upstream(cfg.path.clone(), e))?;
-    let tls =
-        cfg.tls.as_ref().map(server::tls_acceptor).transpose().map_err(|e| StartError::Tls(cfg.path.clone(), e))?;
+    let tls_err = |e| StartError::Tls(cfg.path.clone(), Box::new(e));
+    let certs = cfg.tls.as_ref().map(CertStore::open).transpose().map_err(tls_err)?;
+    let tls = certs.as_ref().map(|c| c.acceptor()).transpose().map_err(tls_err)?;
     let proxy_listener = bind(&cfg, cfg.listen).await?;
     let admin_listener = bind(&cfg, cfg.admin_listen).await?;
     // Signals are taken over before anyone is told the gateway is up.
     let hup = reload::listen_for_sighup();
+    // A second listener of its own: tokio delivers a signal to every one.
+    let tls_hup = certs.as_ref().and_then(|_| reload::listen_for_sighup());
     let stop = stop_signals();
     let table_size = tokens.current().len();
+    if certs.is_some() {
+        metrics.tls_reload(true);
+    }
     let shared = GatewayState::new(&cfg, Arc::new(tokens), metrics, upstream)
         .map_err(|_| StartError::UpstreamHost(cfg.path.clone()))?;
     let shared = Arc::new(shared);
@@ -132,6 +138,10 @@ async fn serve(cfg: Config, scheduler: &'static str) -> Result<(), StartError> {
         Ok(tokens) => reload_metrics.reload_succeeded(*tokens),
         Err(_) => reload_metrics.reload_failed(),
     }));
+    if let Some(certs) = certs {
+        let tls_metrics = shared.metrics.clone();
+        tokio::spawn(server::tls::follow(certs, tls_hup, move |outcome| tls_metrics.tls_reload(outcome.is_ok())));
+    }
     tokio::spawn(probe_upstream(shared.clone()));
     tokio::spawn(shared.upstream.pool().sweep());
 

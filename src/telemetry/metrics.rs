@@ -93,6 +93,8 @@ pub struct Metrics {
     upstream_failures: [AtomicU64; UpstreamFailure::COUNT],
     reload_success: AtomicU64,
     reload_failure: AtomicU64,
+    tls_reload_success: AtomicU64,
+    tls_reload_failure: AtomicU64,
     last_good_load_ms: AtomicU64,
     tokens_loaded: AtomicU64,
     upstream_ready: AtomicBool,
@@ -151,6 +153,13 @@ impl Metrics {
     /// Counts an invalid file; the last good table kept serving.
     pub fn reload_failed(&self) {
         self.reload_failure.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a load of the `[server.tls]` pair (the first one too):
+    /// applied, or refused with the current pair kept.
+    pub fn tls_reload(&self, applied: bool) {
+        let c = if applied { &self.tls_reload_success } else { &self.tls_reload_failure };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of everything.
@@ -253,6 +262,18 @@ impl Collector for Scrape {
                 let n = m.rest_renewals[i].load(Ordering::Relaxed);
                 ConstCounter::new(n).encode(fam.encode_family(&[("outcome", outcome)])?)?;
             }
+        }
+        {
+            let mut fam = enc.encode_descriptor(
+                "tokengate_tls_reloads",
+                "Loads of the [server.tls] certificate and key by outcome (a failure keeps the current pair).",
+                None,
+                MetricType::Counter,
+            )?;
+            let ok = m.tls_reload_success.load(Ordering::Relaxed);
+            let failed = m.tls_reload_failure.load(Ordering::Relaxed);
+            ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
+            ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
         }
         {
             let dropped = ConstCounter::new(crate::telemetry::log::DROPPED_LINES.load(Ordering::Relaxed));

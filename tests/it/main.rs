@@ -6,6 +6,7 @@ mod inspect;
 
 mod admin;
 mod cli;
+mod deadlines;
 mod decision;
 mod forwarding;
 mod framing;

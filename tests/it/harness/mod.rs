@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod h2client;
 pub mod tls;
 pub mod upstream;
 
