@@ -3,13 +3,18 @@
 //! per-token ones live in the token's state); the Prometheus text is built at
 //! scrape time by prometheus-client from those atomics, so the request path
 //! takes no lock for metrics.
+//!
+//! Label values are escaped here ([`Escaped`]): prometheus-client 0.23
+//! writes them as given, and a token name is free text, so a `"`, `\` or
+//! line break in one could end the value early, add a forged series or
+//! family, or break the whole scrape.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -173,6 +178,37 @@ impl Metrics {
     }
 }
 
+/// A label value written as the Prometheus text format and OpenMetrics
+/// require: `\` as `\\`, `"` as `\"`, a line feed as `\n`; every other
+/// character as it is (both formats take any UTF-8 there).
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        let s = self.0;
+        let mut plain = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let escape = match b {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                b'\n' => "\\n",
+                _ => continue,
+            };
+            enc.write_str(&s[plain..i])?;
+            enc.write_str(escape)?;
+            plain = i + 1;
+        }
+        enc.write_str(&s[plain..])
+    }
+}
+
+/// Label pairs with escaped values.
+fn labels<'a, const N: usize>(pairs: [(&'static str, &'a str); N]) -> [(&'static str, Escaped<'a>); N] {
+    pairs.map(|(k, v)| (k, Escaped(v)))
+}
+
 #[derive(Debug)]
 struct Scrape {
     metrics: Arc<Metrics>,
@@ -192,7 +228,7 @@ impl Collector for Scrape {
             for code in DenialCode::iter() {
                 let n = m.anonymous[code as usize].load(Ordering::Relaxed);
                 if n > 0 {
-                    let labels = [("decision", "denied"), ("reason", code.as_str()), ("token", "")];
+                    let labels = labels([("decision", "denied"), ("reason", code.as_str()), ("token", "")]);
                     ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
                 }
             }
@@ -207,7 +243,7 @@ impl Collector for Scrape {
                         Decision::Allowed => ("allowed", "ok"),
                         Decision::Denied(code) => ("denied", code.as_str()),
                     };
-                    let labels = [("decision", d), ("reason", reason), ("token", &*state.name)];
+                    let labels = labels([("decision", d), ("reason", reason), ("token", &*state.name)]);
                     ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
                 }
             }
@@ -221,7 +257,7 @@ impl Collector for Scrape {
             )?;
             for kind in UpstreamFailure::iter() {
                 let n = m.upstream_failures[kind as usize].load(Ordering::Relaxed);
-                ConstCounter::new(n).encode(fam.encode_family(&[("kind", kind.label())])?)?;
+                ConstCounter::new(n).encode(fam.encode_family(&labels([("kind", kind.label())]))?)?;
             }
         }
         m.upstream_latency.encode(
@@ -248,8 +284,8 @@ impl Collector for Scrape {
             let mut fam =
                 enc.encode_descriptor("tokengate_reloads", "Token file loads by outcome.", None, MetricType::Counter)?;
             let (ok, failed) = (m.reload_success.load(Ordering::Relaxed), m.reload_failure.load(Ordering::Relaxed));
-            ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
-            ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
+            ConstCounter::new(ok).encode(fam.encode_family(&labels([("outcome", "success")]))?)?;
+            ConstCounter::new(failed).encode(fam.encode_family(&labels([("outcome", "failure")]))?)?;
         }
         {
             let mut fam = enc.encode_descriptor(
@@ -272,8 +308,8 @@ impl Collector for Scrape {
             )?;
             let ok = m.tls_reload_success.load(Ordering::Relaxed);
             let failed = m.tls_reload_failure.load(Ordering::Relaxed);
-            ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
-            ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
+            ConstCounter::new(ok).encode(fam.encode_family(&labels([("outcome", "success")]))?)?;
+            ConstCounter::new(failed).encode(fam.encode_family(&labels([("outcome", "failure")]))?)?;
         }
         {
             let dropped = ConstCounter::new(crate::telemetry::log::DROPPED_LINES.load(Ordering::Relaxed));
@@ -336,5 +372,18 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Arc::new(Metrics::default());
+        let states = Arc::new(StateRegistry::default());
+        let name = "a\\\"b\n} 1\ntokengate_forged{x=\"1\\";
+        let s = states.for_name(&Arc::from(name));
+        s.record(Decision::Allowed, "127.0.0.1".parse().unwrap(), SystemTime::now());
+        let text = m.render(&states);
+        let want = r#"tokengate_requests_total{decision="allowed",reason="ok",token="a\\\"b\n} 1\ntokengate_forged{x=\"1\\"} 1"#;
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+        assert!(!text.lines().any(|l| l.starts_with("tokengate_forged")), "{text}");
     }
 }

@@ -11,6 +11,7 @@ mod decision;
 mod forwarding;
 mod framing;
 mod layers;
+mod metrics_text;
 mod pipeline;
 mod reload;
 mod rest;
