@@ -90,6 +90,8 @@ struct RawShared {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Spanned<String>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -274,6 +276,9 @@ pub struct Config {
     pub limits: Limits,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// `admin.hosts`: names the admin listener answers to besides IP
+    /// literals and `localhost`; lower case, without a trailing dot.
+    pub admin_hosts: Vec<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// `server.denial_status`.
@@ -341,6 +346,9 @@ impl Config {
             .and_then(|s| s.tls)
             .map(|t| TlsFiles { cert: resolve(t.cert.get_ref()), key: resolve(t.key.get_ref()) });
         let admin_listen = admin.as_ref().and_then(|a| socket_addr(&a.listen, &mut src));
+        let admin_hosts = admin
+            .as_ref()
+            .map_or_else(Vec::new, |a| a.hosts.iter().filter_map(|h| host_name(h, &mut src)).collect::<Vec<_>>());
         if let (Some(l), Some(a), Some(admin)) = (listen, admin_listen, &admin) {
             if l == a && l.port() != 0 {
                 src.error(Some(admin.listen.span()), "the admin listener must not share the proxy's address");
@@ -446,6 +454,7 @@ impl Config {
                 trusted_proxies,
                 limits,
                 admin_listen,
+                admin_hosts,
                 log_format,
                 denial_status,
                 shared_limits,
@@ -544,6 +553,31 @@ fn socket_addr(s: &Spanned<String>, src: &mut Source<'_>) -> Option<SocketAddr> 
             None
         }
     }
+}
+
+/// A DNS name for `admin.hosts`: dot-separated labels of letters, digits
+/// and `-` (not at either end of a label), at most 253 bytes; no port, no
+/// wildcard. Returned in lower case without a trailing dot, as Host headers
+/// are compared.
+fn host_name(s: &Spanned<String>, src: &mut Source<'_>) -> Option<String> {
+    let name = s.get_ref().strip_suffix('.').unwrap_or(s.get_ref()).to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok) {
+        return Some(name);
+    }
+    src.error(
+        Some(s.span()),
+        format!(
+            "admin.hosts: {:?} is not a host name (letters, digits, '-' and '.'; no port, no wildcard)",
+            s.get_ref()
+        ),
+    );
+    None
 }
 
 fn upstream_url(s: &Spanned<String>, src: &mut Source<'_>) -> Option<(Scheme, Authority)> {
@@ -673,6 +707,21 @@ mod tests {
         assert!(e[0].contains("cannot read `username_file`"), "{e:?}");
         let e = errs("", "[upstream.rest]\nlogin = \"magic\"\nextra = 1");
         assert!(e.iter().any(|e| e.contains("unknown field `extra`")), "{e:?}");
+    }
+
+    #[test]
+    fn admin_hosts_are_host_names_in_lower_case() {
+        let base = "[server]\nlisten = \"127.0.0.1:8080\"\n[upstream]\nurl = \"https://outscan.outpost24.com\"\n\
+                    [tokens]\nfile = \"tokens.toml\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n";
+        let c = parse(&format!("{base}hosts = [\"Gateway.Example.\", \"metrics-1\"]\n")).unwrap();
+        assert_eq!(c.admin_hosts, ["gateway.example", "metrics-1"]);
+        assert!(parse(base).unwrap().admin_hosts.is_empty());
+        let errs = parse(&format!("{base}hosts = [\"ok\", \"a:9090\", \"*.example\", \"-x\", \"\"]\n")).unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("/etc/tg/gateway.toml:9:16: admin.hosts: \"a:9090\" is not a host name"),
+            "{errs:#?}"
+        );
     }
 
     #[test]

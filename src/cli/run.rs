@@ -125,11 +125,11 @@ async fn serve(cfg: Config, scheduler: &'static str) -> Result<(), StartError> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let admin_shared = shared.clone();
+    let admin = Arc::new(admin::Admin::new(shared.clone(), cfg.admin_hosts.clone()));
     let admin_limits = cfg.limits.clone();
     let admin_stop = stopped(stop_rx.clone());
     let admin_task = tokio::spawn(async move {
-        let svc = tower::service_fn(move |req| admin::handle(admin_shared.clone(), req));
+        let svc = tower::service_fn(move |req| admin::handle(admin.clone(), req));
         server::serve(admin_listener, None, admin_limits, move |_| svc.clone(), admin_stop).await;
     });
     // Each reload's outcome is counted here: the token store knows no metrics.

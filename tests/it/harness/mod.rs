@@ -147,6 +147,7 @@ pub struct GatewayBuilder {
     tokens_path: Option<PathBuf>,
     upstream_extra: String,
     server_extra: String,
+    admin_extra: String,
     one_cpu: bool,
 }
 
@@ -173,6 +174,12 @@ impl GatewayBuilder {
     pub fn extra_upstream(mut self, lines: &str) -> Self {
         self.upstream_extra.push_str(lines);
         self.upstream_extra.push('\n');
+        self
+    }
+    /// Extra lines inside `[admin]`.
+    pub fn extra_admin(mut self, lines: &str) -> Self {
+        self.admin_extra.push_str(lines);
+        self.admin_extra.push('\n');
         self
     }
     /// Point `tokens.file` at an existing file instead of writing one.
@@ -203,8 +210,8 @@ impl GatewayBuilder {
         let apptoken = if self.apptoken { "apptoken_file = \"upstream.token\"\n" } else { "" };
         let mut cfg = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream]\nurl = \"{}\"\n{apptoken}{}timeout = \"{}\"\n\n\
-             [tokens]\nfile = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
-            self.server_extra, self.upstream, self.upstream_extra, self.timeout, tokens_file
+             [tokens]\nfile = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n",
+            self.server_extra, self.upstream, self.upstream_extra, self.timeout, tokens_file, self.admin_extra
         );
         cfg.push_str(&self.extra);
         if !self.extra.contains("[client_ip]") {
@@ -235,6 +242,7 @@ impl Gateway {
             tokens_path: None,
             upstream_extra: String::new(),
             server_extra: String::new(),
+            admin_extra: String::new(),
             one_cpu: false,
         }
     }
