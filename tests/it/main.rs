@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 mod deadlines;
 mod decision;
+mod faults;
 mod forwarding;
 mod framing;
 mod layers;
