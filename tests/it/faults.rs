@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::h2;
+use crate::harness::h2client as h2c;
 use crate::harness::*;
 
 const ALLOWED: &str =
@@ -207,7 +207,7 @@ fn sigterm_does_not_wait_for_idle_or_silent_connections() {
     let mut b = [0u8; 12];
     kept.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"HTTP/1.1 200");
-    let mut h2c = h2::connect(gw.addr);
+    let mut h2c = h2c::connect(gw.addr);
     assert_eq!(h2c.get(ALLOWED, &gw.addr.to_string()).unwrap().0, 200);
     let _silent = TcpStream::connect(gw.addr).unwrap();
     let start = Instant::now();
