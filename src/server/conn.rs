@@ -17,6 +17,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::wire::Notes;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -100,12 +102,14 @@ impl Drop for StreamGuard {
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    notes: Notes,
 }
 
 impl<S> Tracked<S> {
-    /// Wraps the connection's service.
-    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+    /// Wraps the connection's service; each request gets the next of the
+    /// connection's head `notes`.
+    pub fn new(inner: S, activity: Arc<Activity>, notes: Notes) -> Self {
+        Self { inner, activity, notes }
     }
 }
 
@@ -121,7 +125,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        crate::wire::attach_note(&self.notes, &mut req);
         let guard = StreamGuard::new(self.activity.clone());
         TrackedFuture { inner: self.inner.call(req), guard: Some(guard) }
     }
@@ -270,7 +275,7 @@ mod tests {
         let inner = tower::service_fn(|_req: Request<()>| async {
             Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
         });
-        let mut svc = Tracked::new(inner, activity.clone());
+        let mut svc = Tracked::new(inner, activity.clone(), crate::wire::notes());
         assert!(!activity.started());
         let fut = svc.ready().await.unwrap().call(Request::new(()));
         assert!(activity.started());

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
+use crate::wire::{self, HeadWatch};
 use conn::{Activity, Deadlines, Tracked};
 pub use tls::{tls_acceptor, TlsSetupError};
 
@@ -104,7 +105,10 @@ pub async fn serve<M, S, B>(
         let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
         let activity = Activity::new(accepted);
-        let service = TowerToHyperService::new(Tracked::new(make_service(peer), activity.clone()));
+        // What hyper's HTTP/1 parser forgets of each head, noted on the way
+        // in and handed to the request (`wire`).
+        let notes = wire::notes();
+        let service = TowerToHyperService::new(Tracked::new(make_service(peer), activity.clone(), notes.clone()));
         let deadlines = Deadlines {
             first_head_by: accepted + limits.header_read_timeout,
             idle: limits.keepalive_idle_timeout,
@@ -116,12 +120,13 @@ pub async fn serve<M, S, B>(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => connection(&builder, stream, service, &activity, deadlines, stop).await,
+                None => connection(&builder, HeadWatch::new(stream, notes), service, &activity, deadlines, stop).await,
                 Some(acceptor) => {
                     // The handshake counts against the first head's deadline.
                     let handshake = tokio::time::timeout_at(deadlines.first_head_by, acceptor.accept(stream));
                     let Ok(Ok(tls_stream)) = handshake.await else { return };
-                    connection(&builder, tls_stream, service, &activity, deadlines, stop).await;
+                    let io = HeadWatch::new(tls_stream, notes);
+                    connection(&builder, io, service, &activity, deadlines, stop).await;
                 }
             }
         });

@@ -57,6 +57,30 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Response {
     parse(&buf).unwrap_or_else(|| panic!("unparsable answer: {:?}", String::from_utf8_lossy(&buf)))
 }
 
+/// Sends raw bytes (pipelined requests, say) and parses every answer, in
+/// order, until the server closes.
+pub fn read_all(addr: SocketAddr, bytes: &[u8]) -> Vec<Response> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let mut out = Vec::new();
+    let mut rest = &buf[..];
+    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let len = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let total = (end + 4 + len).min(rest.len());
+        out.extend(parse(&rest[..total]));
+        rest = &rest[total..];
+    }
+    out
+}
+
 pub fn parse(buf: &[u8]) -> Option<Response> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
