@@ -64,7 +64,7 @@ pub fn list(config: &Path) -> i32 {
                 } else {
                     ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
                 },
-                e.expires().map_or("-".into(), |t| humantime::format_rfc3339_seconds(t).to_string()),
+                e.expires().map_or("never".into(), |t| humantime::format_rfc3339_seconds(t).to_string()),
             ]
         })
         .collect();
@@ -159,9 +159,11 @@ pub fn new(config: &Path, req: &NewTokenRequest<'_>) -> i32 {
     }
     t.insert("ip_restriction", value(ips));
     t.insert("access_right", value(req.access_right));
-    if let Some(dt) = expires {
-        t.insert("expires", value(dt));
-    }
+    // Always written: a token without `expires` is refused (interface.md §4).
+    match expires {
+        Some(dt) => t.insert("expires", value(dt)),
+        None => t.insert("expires", value("never")),
+    };
     let mut array = ArrayOfTables::new();
     array.push(t);
     let mut doc = DocumentMut::new();

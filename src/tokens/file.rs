@@ -14,14 +14,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use serde_spanned::Spanned;
-use toml_edit::{ImDocument, Item};
+use std::ops::Range;
+use toml_edit::{ImDocument, Item, Value};
 
 use super::lines;
-use super::raw::{RawRight, RawToken, Sink, SpannedText};
+use super::raw::{RawDigests, RawRight, RawToken, Sink, SpannedText};
+use super::state::MAX_SECRETS;
 use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable};
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
 use crate::net::parse_cidr;
@@ -36,24 +38,20 @@ struct SerdeRight {
     routes: Vec<Spanned<String>>,
 }
 
+/// A `[[token]]` but for `token`, `token_sha256` and `expires`, which are
+/// taken out first and read by hand ([`token_keys`]): serde's type errors
+/// quote the value, and a `token = 123` must not be echoed.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SerdeToken {
     name: Spanned<String>,
     active: bool,
-    token: Option<Spanned<String>>,
-    token_sha256: Option<Spanned<String>>,
     ip_restriction: Vec<Spanned<String>>,
     access_right: Spanned<String>,
-    expires: Option<Spanned<SerdeExpiry>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SerdeExpiry {
-    Datetime(toml_edit::Datetime),
-    Text(String),
-}
+/// Longest token or access right name, in bytes (interface.md §4).
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// A token file that validated: its table and any warnings for `check`.
 #[derive(Debug)]
@@ -134,29 +132,24 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
             Some(array) => {
                 for table in array.iter() {
                     let span = table.span();
-                    let Ok(v) = Item::Table(table.clone()).into_value() else {
+                    let mut table = table.clone();
+                    let keys = token_keys(&mut table, span.clone(), sink.source());
+                    let Ok(v) = Item::Table(table).into_value() else {
                         sink.source().error(span, "a [[token]] must be a table");
                         continue;
                     };
                     match SerdeToken::deserialize(v.into_deserializer()) {
                         Ok(t) => {
+                            let Some((token, token_sha256, expires)) = keys else { continue };
                             let span = span.unwrap_or(0..0);
                             let line = sink.source().line_of(span.start) as u32;
-                            let expires = t.expires.map(|e| {
-                                let span = e.span();
-                                let text = match e.into_inner() {
-                                    SerdeExpiry::Datetime(d) => d.to_string(),
-                                    SerdeExpiry::Text(s) => s,
-                                };
-                                SpannedText { text: Cow::Owned(text), span }
-                            });
                             sink.token(RawToken {
                                 span,
                                 line,
                                 name: SpannedText::owned(t.name),
                                 active: t.active,
-                                token: t.token.map(SpannedText::owned),
-                                token_sha256: t.token_sha256.map(SpannedText::owned),
+                                token,
+                                token_sha256,
                                 ip_restriction: t.ip_restriction.into_iter().map(SpannedText::owned).collect(),
                                 access_right: SpannedText::owned(t.access_right),
                                 expires,
@@ -173,6 +166,51 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
     Some(())
 }
 
+/// `token`, `token_sha256` and `expires` of a `[[token]]`, taken out of
+/// `table` and type-checked by hand, with errors that say where and what is
+/// wrong but never quote the value. `None` when one of them is mistyped.
+#[allow(clippy::type_complexity)]
+fn token_keys<'a>(
+    table: &mut toml_edit::Table,
+    at: Option<Range<usize>>,
+    src: &mut Source<'_>,
+) -> Option<(Option<SpannedText<'a>>, Option<RawDigests<'a>>, Option<SpannedText<'a>>)> {
+    let mut ok = true;
+    let mut string = |item: Option<&Value>, src: &mut Source<'_>, what: &str| match item {
+        Some(v @ Value::String(s)) => {
+            Some(SpannedText { text: Cow::Owned(s.value().clone()), span: v.span().unwrap_or(0..0) })
+        }
+        other => {
+            src.error(other.and_then(Value::span).or(at.clone()), format!("{what} (its value is not shown)"));
+            ok = false;
+            None
+        }
+    };
+    let token =
+        table.remove("token").and_then(|item| string(item.as_value(), src, "`token` must be a string in quotes"));
+    let sha = "`token_sha256` must be a string of 64 hex digits in quotes, or a list of them";
+    let token_sha256 = table.remove("token_sha256").and_then(|item| match item.as_value() {
+        Some(Value::Array(a)) => {
+            let digests = a.iter().filter_map(|v| string(Some(v), src, sha)).collect();
+            Some(RawDigests { span: a.span().unwrap_or(0..0), list: true, digests })
+        }
+        v => {
+            let one = string(v, src, sha)?;
+            Some(RawDigests { span: one.span.clone(), list: false, digests: vec![one] })
+        }
+    });
+    let expires = table.remove("expires").and_then(|item| match item.as_value() {
+        Some(Value::Datetime(d)) => {
+            Some(SpannedText { text: Cow::Owned(d.value().to_string()), span: d.span().unwrap_or(0..0) })
+        }
+        v => string(v, src, EXPIRES_FORMAT),
+    });
+    ok.then_some((token, token_sha256, expires))
+}
+
+const EXPIRES_FORMAT: &str =
+    "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z, or \"never\"";
+
 /// Validates each table as it arrives and builds the table from it; every
 /// error is recorded, and any error means no table.
 struct Builder<'a> {
@@ -180,6 +218,9 @@ struct Builder<'a> {
     table: TableBuilder,
     /// Right name to its index in the table.
     rights: FxHashMap<Box<str>, u16>,
+    /// Rights past the 65,535 the table can number: how many, where the
+    /// first one is, and their names (tokens naming them add no error).
+    over_limit: Option<(usize, Range<usize>, FxHashSet<Box<str>>)>,
     /// The previous token's restriction, as written: the common case of the
     /// same list line after line costs no parsing.
     last_restriction: Option<(Vec<SpannedText<'a>>, u32)>,
@@ -196,6 +237,7 @@ impl<'a> Builder<'a> {
             src,
             table,
             rights: FxHashMap::default(),
+            over_limit: None,
             last_restriction: None,
             pending: Vec::new(),
             warnings: Vec::new(),
@@ -205,6 +247,13 @@ impl<'a> Builder<'a> {
     fn finish(mut self) -> Result<Loaded, ConfigErrors> {
         for t in std::mem::take(&mut self.pending) {
             self.add_token(t, true);
+        }
+        if let Some((n, first, _)) = self.over_limit.take() {
+            let msg = format!(
+                "the file defines {} access rights, more than the 65535 allowed; this is the first one past the limit",
+                n + 65535
+            );
+            self.src.error(Some(first), msg);
         }
         if self.table.is_empty() && self.table.rights() == 0 && !self.src.has_errors() {
             // Most likely a write caught at its start (truncated, not yet
@@ -219,10 +268,13 @@ impl<'a> Builder<'a> {
 
     fn add_token(&mut self, t: RawToken<'a>, last_chance: bool) {
         let Some(&right) = self.rights.get(t.access_right.text.as_ref()) else {
-            if last_chance {
+            if self.over_limit.as_ref().is_some_and(|(_, _, names)| names.contains(t.access_right.text.as_ref())) {
+                // Already an error, reported once.
+                self.check_values(&t);
+            } else if last_chance {
                 self.src.error(
                     Some(t.access_right.span.clone()),
-                    format!("access right `{}` is not defined in [access_rights]", t.access_right.text),
+                    format!("access right `{}` is not defined in [access_rights]", shown(&t.access_right.text)),
                 );
                 self.check_values(&t);
             } else {
@@ -230,51 +282,53 @@ impl<'a> Builder<'a> {
             }
             return;
         };
-        let Some((digest, expires, restriction)) = self.check_values(&t) else { return };
+        let Some((digests, expires, restriction)) = self.check_values(&t) else { return };
         let name = t.name.text.as_ref();
-        if name.trim().is_empty() {
-            self.src.error(Some(t.name.span.clone()), "`name` must not be empty");
-        }
-        let new = TokenRow { digest, name, active: t.active, expires, right, restriction, line: t.line };
+        let new = TokenRow { digests: &digests, name, active: t.active, expires, right, restriction, line: t.line };
         match self.table.insert(new) {
             Ok(()) => {}
-            Err(Duplicate { name: same_name, token: same_token }) => {
+            Err(Duplicate { name: same_name, token: same_token, full }) => {
                 if let Some(first_line) = same_name {
-                    let msg = format!("duplicate name `{name}`: first used at line {first_line}");
+                    let msg = format!("duplicate name `{}`: first used at line {first_line}", shown(name));
                     self.src.error(Some(t.name.span.clone()), msg);
                 }
-                if let Some((first_name, first_line)) = same_token {
-                    let at = t.token_sha256.as_ref().or(t.token.as_ref()).map(|s| s.span.clone());
-                    let msg =
-                        format!("duplicate token: `{name}` is the same token as `{first_name}` at line {first_line}");
+                if let Some((k, first_name, first_line)) = same_token {
+                    let at = match (&t.token_sha256, &t.token) {
+                        (Some(d), _) => d.digests.get(k).map(|s| s.span.clone()),
+                        (None, p) => p.as_ref().map(|s| s.span.clone()),
+                    };
+                    let msg = format!(
+                        "duplicate token: `{}` is the same token as `{}` at line {first_line}",
+                        shown(name),
+                        shown(&first_name)
+                    );
                     self.src.error(at, msg);
+                }
+                if full {
+                    self.src.error(Some(t.span.clone()), "too many tokens or secrets for one table (2^31)");
                 }
             }
         }
     }
 
-    /// The digest, expiry and restriction of a token, recording what is
-    /// wrong. Only a missing digest stops the token from being entered: the
-    /// others are still checked for duplicates (the table is not used then).
-    fn check_values(&mut self, t: &RawToken<'a>) -> Option<(TokenHash, Option<SystemTime>, u32)> {
+    /// The digests, expiry and restriction of a token, recording what is
+    /// wrong (the name too). Only a missing or bad digest stops the token
+    /// from being entered: the others are still checked for duplicates (the
+    /// table is not used then).
+    fn check_values(&mut self, t: &RawToken<'a>) -> Option<(Vec<TokenHash>, Option<SystemTime>, u32)> {
         let name = t.name.text.as_ref();
-        let hash = match (&t.token, &t.token_sha256) {
+        check_name(&mut self.src, "token name", name, &t.name.span);
+        let digests = match (&t.token, &t.token_sha256) {
             (Some(_), Some(d)) => {
                 self.src.error(Some(d.span.clone()), "give `token` or `token_sha256`, not both");
                 None
             }
             (None, None) => {
-                self.src.error(Some(t.span.clone()), format!("token `{name}` needs `token_sha256` (or `token`)"));
+                let msg = format!("token `{}` needs `token_sha256` (or `token`)", shown(name));
+                self.src.error(Some(t.span.clone()), msg);
                 None
             }
-            (None, Some(d)) => {
-                let h = TokenHash::from_hex(d.text.trim());
-                if h.is_none() {
-                    self.src
-                        .error(Some(d.span.clone()), "`token_sha256` must be 64 hex digits (the SHA-256 of the token)");
-                }
-                h
-            }
+            (None, Some(d)) => self.digests(d),
             (Some(p), None) => {
                 if p.text.is_empty() {
                     self.src.error(Some(p.span.clone()), "`token` must not be empty");
@@ -286,28 +340,74 @@ impl<'a> Builder<'a> {
                         line,
                         column,
                         message: format!(
-                            "token `{name}` is stored in plain text; store `token_sha256` instead (tokengate token hash)"
+                            "token `{}` is stored in plain text; store `token_sha256` instead (tokengate token hash)",
+                            shown(name)
                         ),
                     });
-                    Some(TokenHash::of(&Token(p.text.as_bytes())))
+                    Some(vec![TokenHash::of(&Token(p.text.as_bytes()))])
                 }
             }
         };
         let restriction = self.restriction(&t.ip_restriction);
         let expires = match &t.expires {
-            None => None,
+            None => {
+                // Required, so that a file cut short just before this line
+                // is refused instead of granting a token with no end.
+                let msg = format!(
+                    "token `{}` has no `expires`: add `expires = \"never\"` for no end, or a date-time such as \
+                     `expires = 2027-06-30T00:00:00Z`",
+                    shown(name)
+                );
+                self.src.error(Some(t.span.clone()), msg);
+                None
+            }
+            Some(e) if e.text == "never" => None,
             Some(e) => {
                 let at = parse_rfc3339(&e.text);
                 if at.is_none() {
-                    self.src.error(
-                        Some(e.span.clone()),
-                        "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z",
-                    );
+                    self.src.error(Some(e.span.clone()), EXPIRES_FORMAT);
                 }
                 at
             }
         };
-        Some((hash?, expires, restriction.unwrap_or(0)))
+        Some((digests?, expires, restriction.unwrap_or(0)))
+    }
+
+    /// The digests of `token_sha256`: 1 to 4, each 64 hex digits, distinct.
+    fn digests(&mut self, d: &RawDigests<'a>) -> Option<Vec<TokenHash>> {
+        if d.digests.is_empty() {
+            self.src.error(Some(d.span.clone()), "`token_sha256` lists no digest; give at least one");
+            return None;
+        }
+        if let Some(fifth) = d.digests.get(MAX_SECRETS) {
+            let msg = format!(
+                "`token_sha256` lists {} digests; a token has at most {MAX_SECRETS} secrets (remove the oldest, at the end)",
+                d.digests.len()
+            );
+            self.src.error(Some(fifth.span.clone()), msg);
+            return None;
+        }
+        let mut out = Vec::with_capacity(d.digests.len());
+        let mut ok = true;
+        for (k, text) in d.digests.iter().enumerate() {
+            match TokenHash::from_hex(text.text.trim()) {
+                Some(h) if out.contains(&h) => {
+                    let first = out.iter().position(|o| *o == h).unwrap_or(0);
+                    let msg = format!("`token_sha256` lists the same digest twice (positions {first} and {k})");
+                    self.src.error(Some(text.span.clone()), msg);
+                    ok = false;
+                }
+                Some(h) => out.push(h),
+                None => {
+                    self.src.error(
+                        Some(text.span.clone()),
+                        "`token_sha256` must be 64 hex digits (the SHA-256 of the token)",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn restriction(&mut self, entries: &[SpannedText<'a>]) -> Option<u32> {
@@ -336,8 +436,53 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// Records what is wrong with a token or access right name: empty, longer
+/// than [`MAX_NAME_BYTES`], or holding a character that is not printable
+/// ([`unprintable`]). Names reach logs, metrics labels, `/tokens` and
+/// terminals, where such characters forge or hide text.
+fn check_name(src: &mut Source<'_>, what: &str, name: &str, span: &Range<usize>) {
+    if name.trim().is_empty() {
+        src.error(Some(span.clone()), format!("{what} must not be empty"));
+    } else if let Some(c) = name.chars().find(|&c| unprintable(c)) {
+        let msg = format!(
+            "{what} {} holds the character U+{:04X}, which is not allowed: names hold printable characters only \
+             (no control characters, line separators or bidirectional controls)",
+            shown(name),
+            u32::from(c)
+        );
+        src.error(Some(span.clone()), msg);
+    } else if name.len() > MAX_NAME_BYTES {
+        src.error(
+            Some(span.clone()),
+            format!("{what} is {} bytes long; at most {MAX_NAME_BYTES} are allowed", name.len()),
+        );
+    }
+}
+
+/// The characters a name may not hold: control characters (C0, DEL, C1),
+/// the line and paragraph separators, and the bidirectional controls that
+/// reorder what a terminal shows.
+pub fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{061C}' | '\u{200E}' | '\u{200F}')
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// A name as messages and `token list` show it: unprintable characters
+/// escaped (`\u{1b}`), everything else as it is.
+pub fn shown(name: &str) -> Cow<'_, str> {
+    if !name.chars().any(unprintable) {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.chars().map(|c| if unprintable(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
 impl<'a> Sink<'a> for Builder<'a> {
     fn right(&mut self, r: RawRight<'a>) {
+        check_name(&mut self.src, "access right name", &r.name, &r.span);
         let mut actions = Vec::new();
         let mut any = false;
         for a in &r.actions {
@@ -363,7 +508,10 @@ impl<'a> Sink<'a> for Builder<'a> {
         let actions = if any { Actions::Any } else { Actions::Listed(actions.into()) };
         let right = Arc::new(AccessRight { name: r.name.as_ref().into(), actions, routes: routes.into() });
         let Some(index) = self.table.add_right(right) else {
-            self.src.error(Some(r.span.clone()), "more than 65535 access rights");
+            // Reported once, at the end, with the count: not once per right.
+            let over = self.over_limit.get_or_insert_with(|| (0, r.span.clone(), FxHashSet::default()));
+            over.0 += 1;
+            over.2.insert(r.name.as_ref().into());
             return;
         };
         self.rights.insert(r.name.as_ref().into(), index);
@@ -411,6 +559,7 @@ active = false
 token = "plain"
 ip_restriction = []
 access_right = "admin"
+expires = "never"
 "#;
 
     fn parse_str(text: &str) -> Result<Loaded, ConfigErrors> {
@@ -447,6 +596,7 @@ active = true
 token_sha256 = "xyz"
 ip_restriction = ["10.0.0.0/33"]
 access_right = "nope"
+expires = "never"
 
 [[token]]
 name = "a"
@@ -454,12 +604,14 @@ active = true
 token = "t"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 ip_restrictions = ["1.2.3.4"]
 
 [[token]]
 name = "c"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 token = "t"
 
 [[token]]
@@ -468,6 +620,7 @@ active = "yes"
 token = "u"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 
 [[token]]
 name = "e"
@@ -494,12 +647,13 @@ x = 1
             "tokens.toml:8:16: `token_sha256` must be 64 hex digits",
             "tokens.toml:9:19: \"10.0.0.0/33\" is not an IP address or CIDR",
             "tokens.toml:10:16: access right `nope` is not defined",
-            "tokens.toml:18:1: unknown field `ip_restrictions`",
-            "tokens.toml:20:1: missing field `active`",
-            "tokens.toml:28:10: invalid type: string \"yes\", expected a boolean",
-            "tokens.toml:39:11: `expires` must be an RFC 3339 date-time",
-            "tokens.toml:44:9: duplicate token: `f` is the same token as `e` at line 33",
-            "tokens.toml:48:2: unknown key `stray`",
+            "tokens.toml:20:1: unknown field `ip_restrictions`",
+            "tokens.toml:22:1: missing field `active`",
+            "tokens.toml:31:10: invalid type: string \"yes\", expected a boolean",
+            "tokens.toml:43:11: `expires` must be an RFC 3339 date-time",
+            "tokens.toml:45:1: token `f` has no `expires`: add `expires = \"never\"` for no end",
+            "tokens.toml:48:9: duplicate token: `f` is the same token as `e` at line 37",
+            "tokens.toml:52:2: unknown key `stray`",
         ];
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
         for (got, want) in errs.iter().zip(want) {
@@ -516,17 +670,19 @@ active = true
 token = "secret"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 [[token]]
 name = "a"
 active = true
 token_sha256 = "2BB80D537B1DA3E38BD30361AA855686BDE0EACD7162FEF6A25FE97BF527A25B"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 "#;
         let errs = errors(text);
         assert_eq!(errs.len(), 2, "{errs:#?}");
-        assert!(errs[0].starts_with("tokens.toml:9:8: duplicate name `a`: first used at line 2"));
-        assert!(errs[1].starts_with("tokens.toml:11:16: duplicate token: `a` is the same token as `a` at line 2"));
+        assert!(errs[0].starts_with("tokens.toml:10:8: duplicate name `a`: first used at line 2"));
+        assert!(errs[1].starts_with("tokens.toml:12:16: duplicate token: `a` is the same token as `a` at line 2"));
         assert!(!errs.iter().any(|e| e.contains("secret")));
     }
 

@@ -23,7 +23,8 @@ fn check_accepts_the_shipped_config() {
 fn check_summarises_a_valid_config_and_warns_on_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = standard_tokens().render()
-        + "[[token]]\nname = \"plain\"\nactive = true\ntoken = \"s3cr3t\"\nip_restriction = []\naccess_right = \"admin\"\n";
+        + "[[token]]\nname = \"plain\"\nactive = true\ntoken = \"s3cr3t\"\nip_restriction = []\naccess_right = \"admin\"\n\
+                           expires = \"never\"\n";
     let cfg = write_config(dir.path(), GATEWAY, &tokens);
     let (code, out, err) = run_cli(&["check", "-c", &cfg], None);
     assert_eq!(code, 0, "{out}{err}");
@@ -42,14 +43,14 @@ fn check_reports_every_error_with_file_line_and_column() {
     assert!(err.contains("gateway.toml:8:1: unknown field `max_conections`"), "{err}");
 
     let tokens = "[access_rights.r]\n\n[[token]]\nname = \"a\"\nactive = true\ntoken_sha256 = \"00\"\n\
-                  ip_restriction = [\"300.1.1.1\"]\naccess_right = \"r\"\n\n[[token]]\nname = \"b\"\nactive = true\n\
+                  ip_restriction = [\"300.1.1.1\"]\naccess_right = \"r\"\nexpires = \"never\"\n\n[[token]]\nname = \"b\"\nactive = true\n\
                   token = \"x\"\nip_restrictions = []\naccess_right = \"r\"\n";
     let cfg = write_config(dir.path(), GATEWAY, tokens);
     let (code, _out, err) = run_cli(&["check", "-c", &cfg], None);
     assert_eq!(code, 1);
     assert!(err.contains("tokens.toml:6:16: `token_sha256` must be 64 hex digits"), "{err}");
     assert!(err.contains("tokens.toml:7:19: \"300.1.1.1\" is not an IP address or CIDR"), "{err}");
-    assert!(err.contains("tokens.toml:14:1: unknown field `ip_restrictions`"), "{err}");
+    assert!(err.contains("tokens.toml:15:1: unknown field `ip_restrictions`"), "{err}");
     assert!(err.contains("(3 errors)"), "{err}");
 }
 
@@ -57,12 +58,13 @@ fn check_reports_every_error_with_file_line_and_column() {
 fn run_with_an_invalid_token_file_prints_every_error_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let tokens =
-        "[[token]]\nname = \"a\"\nactive = true\ntoken = \"x\"\nip_restriction = []\naccess_right = \"nope\"\n[x]\n";
+        "[[token]]\nname = \"a\"\nactive = true\ntoken = \"x\"\nip_restriction = []\naccess_right = \"nope\"\n\
+         expires = \"never\"\n[x]\n";
     let cfg = write_config(dir.path(), GATEWAY, tokens);
     let (code, _out, err) = run_cli(&["run", "-c", &cfg], None);
     assert_eq!(code, 1);
     assert!(err.contains("tokens.toml:6:16: access right `nope` is not defined"), "{err}");
-    assert!(err.contains("tokens.toml:7:2: unknown key `x`"), "{err}");
+    assert!(err.contains("tokens.toml:8:2: unknown key `x`"), "{err}");
 }
 
 #[test]

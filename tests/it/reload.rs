@@ -69,8 +69,8 @@ fn an_invalid_file_keeps_the_old_table_and_a_later_valid_one_applies() {
     let (_up, gw) = start(&version(true));
     let path = gw.path("tokens.toml");
     let broken = version(false).replace(
-        "ip_restriction = []\naccess_right = \"admin\"\n\n[[token]]\nname = \"b\"",
-        "ip_restrictions = []\naccess_right = \"admin\"\n\n[[token]]\nname = \"b\"",
+        "ip_restriction = []\naccess_right = \"admin\"\nexpires = \"never\"\n\n[[token]]\nname = \"b\"",
+        "ip_restrictions = []\naccess_right = \"admin\"\nexpires = \"never\"\n\n[[token]]\nname = \"b\"",
     );
     assert_ne!(broken, version(false));
     rename_save(&path, &broken);

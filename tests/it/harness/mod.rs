@@ -33,6 +33,8 @@ pub fn sha256_hex(s: &str) -> String {
 pub struct TokenSpec {
     pub name: String,
     pub secret: String,
+    /// Further secrets after `secret` (rotation): `token_sha256` is then a list.
+    pub older: Vec<String>,
     pub right: String,
     pub active: bool,
     pub ips: Vec<String>,
@@ -44,6 +46,7 @@ impl TokenSpec {
         Self {
             name: name.into(),
             secret: secret.into(),
+            older: Vec::new(),
             right: right.into(),
             active: true,
             ips: Vec::new(),
@@ -58,8 +61,14 @@ impl TokenSpec {
         self.active = false;
         self
     }
+    /// `expires` as a TOML date-time; without it the token has `"never"`.
     pub fn expires(mut self, at: &str) -> Self {
         self.expires = Some(at.into());
+        self
+    }
+    /// An older secret after the others (as `token rotate` leaves it).
+    pub fn also(mut self, secret: &str) -> Self {
+        self.older.push(secret.into());
         self
     }
 }
@@ -94,18 +103,20 @@ impl TokenFile {
             out += &format!("[access_rights.{name}]\nactions = [{}]\nroutes = [{}]\n\n", q(actions), q(routes));
         }
         for t in &self.tokens {
+            let digest = if t.older.is_empty() {
+                format!("\"{}\"", sha256_hex(&t.secret))
+            } else {
+                let all: Vec<String> = std::iter::once(&t.secret).chain(&t.older).map(|s| sha256_hex(s)).collect();
+                format!("[{}]", q(&all))
+            };
             out += &format!(
-                "[[token]]\nname = {:?}\nactive = {}\ntoken_sha256 = \"{}\"\nip_restriction = [{}]\naccess_right = {:?}\n",
+                "[[token]]\nname = {:?}\nactive = {}\ntoken_sha256 = {digest}\nip_restriction = [{}]\naccess_right = {:?}\n",
                 t.name,
                 t.active,
-                sha256_hex(&t.secret),
                 q(&t.ips),
                 t.right
             );
-            if let Some(e) = &t.expires {
-                out += &format!("expires = {e}\n");
-            }
-            out += "\n";
+            out += &format!("expires = {}\n\n", t.expires.as_deref().unwrap_or("\"never\""));
         }
         out
     }
