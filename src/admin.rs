@@ -24,8 +24,12 @@ pub async fn handle(shared: Arc<GatewayState>, req: Request<Incoming>) -> Result
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            // A table is loaded from start on; the upstream must have answered.
-            if shared.metrics.upstream_ready() {
+            // A table is loaded from start on; the upstream must have answered,
+            // and the token file must be readable (a revocation written to a
+            // file the gateway cannot read would never apply).
+            if let Some(why) = shared.tokens.read_failure() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("the token file cannot be read: {why}\n"))
+            } else if shared.metrics.upstream_ready() {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the upstream has not answered yet\n".into())
@@ -87,6 +91,13 @@ fn tokens_json(shared: &GatewayState) -> String {
                 "expires": e.expires().map(rfc3339),
                 "ip_restriction": e.ip_restriction().nets().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 "last_use": state.last_use().map(rfc3339),
+                // Each secret's last use by position in token_sha256 (0 the
+                // newest), so an old one can be seen going quiet.
+                "secrets": e
+                    .secret_last_uses(&state)
+                    .into_iter()
+                    .map(|(position, last)| serde_json::json!({ "position": position, "last_use": last.map(rfc3339) }))
+                    .collect::<Vec<_>>(),
                 "last_client_ip": state.last_ip().map(|ip| ip.to_string()),
                 "requests": counts,
             })

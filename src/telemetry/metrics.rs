@@ -33,6 +33,7 @@ pub struct Metrics {
     upstream_failures: [AtomicU64; UpstreamFailure::COUNT],
     reload_success: AtomicU64,
     reload_failure: AtomicU64,
+    token_file_read_failures: AtomicU64,
     last_good_load_ms: AtomicU64,
     tokens_loaded: AtomicU64,
     upstream_ready: AtomicBool,
@@ -79,6 +80,11 @@ impl Metrics {
     /// Counts an invalid file; the last good table kept serving.
     pub fn reload_failed(&self) {
         self.reload_failure.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a token file that could not be read (also a failed reload).
+    pub fn token_file_read_failed(&self) {
+        self.token_file_read_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of everything.
@@ -168,6 +174,16 @@ impl Collector for Scrape {
             let (ok, failed) = (m.reload_success.load(Ordering::Relaxed), m.reload_failure.load(Ordering::Relaxed));
             ConstCounter::new(ok).encode(fam.encode_family(&[("outcome", "success")])?)?;
             ConstCounter::new(failed).encode(fam.encode_family(&[("outcome", "failure")])?)?;
+        }
+        {
+            let failed = ConstCounter::new(m.token_file_read_failures.load(Ordering::Relaxed));
+            let e = enc.encode_descriptor(
+                "tokengate_token_file_read_failures",
+                "Token file reads that failed (not a regular file, over tokens.max_file_bytes, too slow, unreadable).",
+                None,
+                failed.metric_type(),
+            )?;
+            failed.encode(e)?;
         }
         {
             let dropped = ConstCounter::new(crate::telemetry::log::DROPPED_LINES.load(Ordering::Relaxed));

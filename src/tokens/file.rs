@@ -23,6 +23,7 @@ use toml_edit::{ImDocument, Item, Value};
 
 use super::lines;
 use super::raw::{RawDigests, RawRight, RawToken, Sink, SpannedText};
+use super::read::{read_stable, ReadError};
 use super::state::MAX_SECRETS;
 use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable};
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
@@ -63,10 +64,16 @@ pub struct Loaded {
     pub warnings: Vec<ConfigError>,
 }
 
-/// Reads (as the reloader does: not while it is being written) and
-/// validates a token file.
-pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    parse(path, &super::read::read_stable(path)?)
+/// Reads (as the reloader does: a regular file of at most `max_bytes`, not
+/// while it is being written) and validates a token file.
+pub fn load(path: &Path, max_bytes: u64) -> Result<Loaded, ConfigErrors> {
+    let text = read_stable(path, max_bytes).map_err(|e| unreadable(path, &e))?;
+    parse(path, &text)
+}
+
+/// A read failure as the one error of the file, for `check` and `token`.
+pub fn unreadable(path: &Path, e: &ReadError) -> ConfigErrors {
+    ConfigErrors::whole_file(path, format!("cannot read the token file: {e}"))
 }
 
 /// Validates the text of a token file read from `path`.
