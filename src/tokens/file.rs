@@ -25,7 +25,7 @@ use super::lines;
 use super::raw::{RawDigests, RawRight, RawToken, Sink, SpannedText};
 use super::read::{read_stable, ReadError};
 use super::state::MAX_SECRETS;
-use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable};
+use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable, MAX_RIGHTS};
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
 use crate::net::parse_cidr;
 use crate::rights::{AccessRight, Actions, RoutePattern};
@@ -257,8 +257,9 @@ impl<'a> Builder<'a> {
         }
         if let Some((n, first, _)) = self.over_limit.take() {
             let msg = format!(
-                "the file defines {} access rights, more than the 65535 allowed; this is the first one past the limit",
-                n + 65535
+                "the file defines {} access rights, more than the {MAX_RIGHTS} allowed; this is the first one past \
+                 the limit",
+                n + MAX_RIGHTS
             );
             self.src.error(Some(first), msg);
         }
@@ -706,5 +707,378 @@ expires = "never"
         let cut = GOOD.split("ip_restriction = []").next().unwrap();
         let errs = errors(cut);
         assert!(errs.iter().any(|e| e.contains("missing field `ip_restriction`")), "{errs:?}");
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn errors_about_a_secret_never_quote_it() {
+        let secret = "1234567890987654321";
+        let token = |line: &str| {
+            format!(
+                "[access_rights.r]\n[[token]]\nname = \"a\"\nactive = true\n{line}\nip_restriction = []\n\
+                 access_right = \"r\"\nexpires = \"never\"\n"
+            )
+        };
+        for (line, want) in [
+            (format!("token = {secret}"), "5:9: `token` must be a string in quotes"),
+            (format!("token_sha256 = {secret}"), "5:16: `token_sha256` must be a string of 64 hex digits"),
+            (format!("token_sha256 = [\"{}\", {secret}]", "ab".repeat(32)), "5:85: `token_sha256` must be a string"),
+            (format!("token = {secret}.5"), "5:9: `token` must be a string in quotes"),
+            (format!("token = [{secret}]"), "5:9: `token` must be a string in quotes"),
+            (format!("token = {{ x = {secret} }}"), "5:9: `token` must be a string in quotes"),
+            (format!("token = \"{secret}"), "5:"),
+            (format!("token = {secret}abc"), "5:"),
+            (format!("token = x{secret}"), "5:"),
+            (format!("token = '{secret}"), "5:"),
+            // Unterminated: toml_edit points at the end of the file.
+            (format!("token = \"\"\"{secret}"), "9:1: invalid multiline basic string"),
+            (format!("token_sha256 = \"{secret}\""), "5:16: `token_sha256` must be 64 hex digits"),
+        ] {
+            let text = token(&line);
+            let errs: Vec<String> =
+                parse(Path::new("t.toml"), &text).unwrap_err().0.iter().map(|e| e.to_string()).collect();
+            assert!(errs.iter().any(|e| e.starts_with(&format!("t.toml:{want}"))), "{line}: {errs:#?}");
+            assert!(!errs.iter().any(|e| e.contains(secret) || e.contains("987654")), "{line}: {errs:#?}");
+        }
+    }
+}
+
+/// The property of interface.md §4: a token file cut short anywhere is
+/// either refused or grants no more than the whole file.
+#[cfg(test)]
+mod cut_tests {
+    use super::super::table::TokenRef;
+    use super::*;
+    use crate::rights::Actions;
+    use proptest::prelude::*;
+
+    /// Both readers on their own: the scanner (through `parse`, which uses
+    /// it whenever it can) and the general reader alone.
+    fn both_readers(text: &str) -> [Result<Loaded, ConfigErrors>; 2] {
+        let path = Path::new("t.toml");
+        let mut general = Builder::new(Source::new(path, text));
+        read_toml(&mut general);
+        [parse(path, text), general.finish()]
+    }
+
+    /// "Grants no more": every right of `cut` exists in `whole` by name
+    /// with no ACTION or route more; every token of `cut` is, by each of
+    /// its digests, the token of the same name in `whole`, with the same
+    /// right, active only if that one is, expiring no later, and allowed
+    /// from no address that one is not.
+    fn grants_no_more(cut: &TokenTable, whole: &TokenTable) -> Result<(), String> {
+        let no_more = |c: &AccessRight, w: &AccessRight| match (&c.actions, &w.actions) {
+            (_, Actions::Any) => c.routes.iter().all(|r| w.routes.contains(r)),
+            (Actions::Any, Actions::Listed(_)) => false,
+            (Actions::Listed(c_list), Actions::Listed(w_list)) => {
+                c_list.iter().all(|a| w_list.contains(a)) && c.routes.iter().all(|r| w.routes.contains(r))
+            }
+        };
+        for c in cut.rights() {
+            let w = whole.rights().iter().find(|w| w.name == c.name).ok_or(format!("right {} is new", c.name))?;
+            if !no_more(c, w) {
+                return Err(format!("right {} allows more: {c:?} vs {w:?}", c.name));
+            }
+        }
+        for c in cut.entries() {
+            for d in c.digests() {
+                let w = whole.get(&d).ok_or(format!("token {} has a digest the whole file has not", c.name()))?;
+                let ips = |t: &TokenRef<'_>| t.ip_restriction().nets().to_vec();
+                let (c_ips, w_ips) = (ips(&c), ips(&w));
+                let checks = [
+                    (w.name() == c.name(), "another name"),
+                    (!c.active() || w.active(), "active"),
+                    (
+                        match (c.expires(), w.expires()) {
+                            (_, None) => true,
+                            (None, Some(_)) => false,
+                            (Some(ce), Some(we)) => ce <= we,
+                        },
+                        "expires later",
+                    ),
+                    (
+                        w_ips.is_empty() || (!c_ips.is_empty() && c_ips.iter().all(|n| w_ips.contains(n))),
+                        "more addresses",
+                    ),
+                    (c.right().name == w.right().name && no_more(c.right(), w.right()), "more right"),
+                ];
+                if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+                    return Err(format!("token {}: {why}", c.name()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[derive(Debug, Clone)]
+    struct GenRight {
+        actions: Vec<&'static str>,
+        routes: Vec<&'static str>,
+        multi_line: bool,
+    }
+
+    #[derive(Debug, Clone)]
+    struct GenToken {
+        active: bool,
+        digests: usize,
+        plain: bool,
+        ips: Vec<&'static str>,
+        right: usize,
+        expires: &'static str,
+        order: Vec<usize>,
+        multi_line: bool,
+    }
+
+    /// A token file in either reader's shape: `escaped` writes names with a
+    /// TOML escape, which only the general reader reads.
+    fn render(rights: &[GenRight], tokens: &[GenToken], escaped: bool, comments: bool) -> String {
+        let list = |items: &[&str], multi: bool| {
+            let q: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+            if multi && !q.is_empty() {
+                format!("[\n  {},\n]", q.join(",\n  # between\n  "))
+            } else {
+                format!("[{}]", q.join(", "))
+            }
+        };
+        let mut out = String::from("# a token file\n");
+        for (i, r) in rights.iter().enumerate() {
+            out += &format!("[access_rights.r{i}]\n");
+            out += &format!("actions = {}\n", list(&r.actions, r.multi_line));
+            if comments {
+                out += "# routes next\n";
+            }
+            out += &format!("routes = {} # trailing\n\n", list(&r.routes, false));
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            out += "[[token]]\n";
+            let name = if escaped { format!("\"t\\u0031{i}\"") } else { format!("\"t1{i}\"") };
+            let secret = |k: usize| format!("{:064x}", (i * 8 + k + 1) as u128 * 0x9e37_79b9_7f4a_7c15);
+            let digests: Vec<String> = (0..t.digests).map(secret).collect();
+            let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
+            let keys = [
+                format!("name = {name}"),
+                format!("active = {}", t.active),
+                if t.plain {
+                    format!("token = \"plain-{i}\"")
+                } else if t.digests == 1 {
+                    format!("token_sha256 = \"{}\"", digests[0])
+                } else {
+                    format!("token_sha256 = {}", list(&digests, t.multi_line))
+                },
+                format!("ip_restriction = {}", list(&t.ips, t.multi_line)),
+                format!("access_right = \"r{}\"", t.right % rights.len()),
+                format!("expires = {}", t.expires),
+            ];
+            for &k in &t.order {
+                out += &keys[k];
+                out += if comments { " # note\n" } else { "\n" };
+            }
+            out += "\n";
+        }
+        out
+    }
+
+    fn gen_right() -> impl Strategy<Value = GenRight> {
+        (
+            proptest::sample::subsequence(vec!["TARGETDATA", "SCANNERDATA", "REPORTTARGETDATA", "*"], 0..=3),
+            proptest::sample::subsequence(vec!["GET /opi/rest/outscan/*", "* /*", "POST /opi/rest/x"], 0..=2),
+            any::<bool>(),
+        )
+            .prop_map(|(actions, routes, multi_line)| GenRight { actions, routes, multi_line })
+    }
+
+    fn gen_token() -> impl Strategy<Value = GenToken> {
+        (
+            any::<bool>(),
+            1..=3usize,
+            proptest::bool::weighted(0.2),
+            proptest::sample::subsequence(vec!["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"], 0..=2),
+            0..3usize,
+            prop_oneof![
+                Just("\"never\""),
+                Just("2027-06-30T00:00:00Z"),
+                Just("2020-01-01T00:00:00Z"),
+                Just("\"2030-01-01T12:00:00+02:00\""),
+                Just("2031-05-05T10:20:30.5-01:00"),
+            ],
+            Just((0..6).collect::<Vec<usize>>()).prop_shuffle(),
+            any::<bool>(),
+        )
+            .prop_map(|(active, digests, plain, ips, right, expires, order, multi_line)| GenToken {
+                active,
+                digests,
+                plain,
+                ips,
+                right,
+                expires,
+                order,
+                multi_line,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn a_file_cut_anywhere_is_refused_or_grants_no_more(
+            rights in proptest::collection::vec(gen_right(), 1..=2),
+            tokens in proptest::collection::vec(gen_token(), 1..=3),
+            escaped in any::<bool>(),
+            comments in any::<bool>(),
+        ) {
+            let text = render(&rights, &tokens, escaped, comments);
+            let [fast, general] = both_readers(&text);
+            let whole = fast.unwrap_or_else(|e| panic!("{e}\n{text}"));
+            prop_assert!(general.is_ok(), "{text}");
+            prop_assert_eq!(whole.table.len(), tokens.len());
+            for at in (0..text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let cut = &text[..at];
+                for loaded in both_readers(cut).into_iter().flatten() {
+                    if let Err(why) = grants_no_more(&loaded.table, &whole.table) {
+                        prop_assert!(false, "cut at {at} grants more ({why}):\n{cut}\n---- whole:\n{text}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_check_sees_a_cut_that_grants_more() {
+        // The comparison itself: a file that is the whole minus its expiry
+        // (what a cut before `expires` would give if it were optional).
+        let whole = "[access_rights.r]\n[[token]]\nname = \"a\"\nactive = true\ntoken = \"x\"\nip_restriction = [\"10.0.0.0/8\"]\naccess_right = \"r\"\nexpires = 2020-01-01T00:00:00Z\n";
+        let w = parse(Path::new("t.toml"), whole).unwrap().table;
+        for (looser, why) in [
+            (whole.replace("2020-01-01T00:00:00Z", "\"never\""), "expires later"),
+            (whole.replace("[\"10.0.0.0/8\"]", "[]"), "more addresses"),
+            (whole.replace("[access_rights.r]", "[access_rights.r]\nactions = [\"*\"]"), "allows more"),
+            (whole.replace("name = \"a\"", "name = \"b\""), "another name"),
+        ] {
+            let c = parse(Path::new("t.toml"), &looser).unwrap().table;
+            let err = grants_no_more(&c, &w).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let w_inactive = parse(Path::new("t.toml"), &whole.replace("active = true", "active = false")).unwrap().table;
+        assert!(grants_no_more(&w, &w_inactive).unwrap_err().contains("active"));
+        assert!(grants_no_more(&w, &w).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(Path::new("t.toml"), text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    }
+
+    fn token(name: &str, sha: &str) -> String {
+        format!(
+            "[[token]]\nname = {name}\nactive = true\ntoken_sha256 = {sha}\nip_restriction = []\n\
+             access_right = \"r\"\nexpires = \"never\"\n"
+        )
+    }
+
+    const D1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn names_with_unprintable_characters_or_over_128_bytes_are_refused_where_they_are() {
+        let sha = format!("\"{D1}\"");
+        for (name, want) in [
+            ("\"a\\u001b[31mb\"".to_string(), "t.toml:3:8: token name a\\u{1b}[31mb holds the character U+001B"),
+            ("\"a\\nb\"".to_string(), "t.toml:3:8: token name a\\u{a}b holds the character U+000A"),
+            ("\"evil\\u202Etxt\"".to_string(), "t.toml:3:8: token name evil\\u{202e}txt holds the character U+202E"),
+            ("\"a\\u0085\"".to_string(), "U+0085"),
+            (format!("\"{}\"", "x".repeat(129)), "t.toml:3:8: token name is 129 bytes long; at most 128"),
+            (format!("\"{}\"", "é".repeat(65)), "token name is 130 bytes long"),
+            ("\" \"".to_string(), "t.toml:3:8: token name must not be empty"),
+        ] {
+            let text = format!("[access_rights.r]\n{}", token(&name, &sha));
+            let errs = errors(&text);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].contains(want), "{errs:?} wants {want}");
+            assert!(!errs[0].chars().any(unprintable), "{errs:?}");
+        }
+        // At the limit, and any printable character: fine.
+        for name in ["x".repeat(128), "é".repeat(64), "splunk-export ü 東京 \"q\"".into()] {
+            let text = format!("[access_rights.r]\n{}", token(&format!("{name:?}"), &format!("\"{D1}\"")));
+            assert!(parse(Path::new("t.toml"), &text).is_ok(), "{name}");
+        }
+        // Right names too (only the general reader reads a quoted key).
+        let text = format!(
+            "[access_rights.\"r\\u0007\"]\n{}",
+            token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", "\"r\\u0007\"")
+        );
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.starts_with("t.toml:1:1: access right name r\\u{7} holds the character U+0007")),
+            "{errs:?}"
+        );
+        let long = "r".repeat(129);
+        let text = format!(
+            "[access_rights.{long}]\n{}",
+            token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", &format!("\"{long}\""))
+        );
+        assert!(errors(&text).iter().any(|e| e.contains("access right name is 129 bytes long")));
+    }
+
+    #[test]
+    fn token_sha256_lists_one_to_four_distinct_digests() {
+        let ok = format!("[access_rights.r]\n{}", token("\"a\"", &format!("[\"{D1}\", \"{D2}\"]")));
+        let t = parse(Path::new("t.toml"), &ok).unwrap().table;
+        let (a, b) = (TokenHash::from_hex(D1).unwrap(), TokenHash::from_hex(D2).unwrap());
+        assert_eq!((t.get(&a).unwrap().name(), t.get(&a).unwrap().secret_position()), ("a", 0));
+        assert_eq!((t.get(&b).unwrap().name(), t.get(&b).unwrap().secret_position()), ("a", 1));
+        assert_eq!(t.get(&a).unwrap().secrets(), 2);
+        let five: Vec<String> = (1..=5).map(|i| format!("\"{}\"", i.to_string().repeat(64))).collect();
+        for (sha, extra, want) in [
+            ("[]".to_string(), String::new(), "t.toml:5:16: `token_sha256` lists no digest"),
+            (
+                format!("[{}]", five.join(", ")),
+                String::new(),
+                "t.toml:5:289: `token_sha256` lists 5 digests; a token has at most 4",
+            ),
+            (
+                format!("[\"{D1}\", \"{D2}\", \"{D1}\"]"),
+                String::new(),
+                "t.toml:5:153: `token_sha256` lists the same digest twice (positions 0 and 2)",
+            ),
+            (format!("[\"{D1}\", \"xyz\"]"), String::new(), "t.toml:5:85: `token_sha256` must be 64 hex digits"),
+            (
+                format!("[\"{D1}\", \"{D2}\"]"),
+                token("\"b\"", &format!("\"{}\"", D2.to_uppercase())),
+                "t.toml:12:16: duplicate token: `b` is the same token as `a` at line 2",
+            ),
+        ] {
+            let text = format!("[access_rights.r]\n{}{extra}", token("\"a\"", &sha));
+            let errs = errors(&text);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with(want), "{errs:?} wants {want}");
+        }
+    }
+
+    #[test]
+    fn seventy_thousand_rights_load_in_one_pass_with_one_error() {
+        let mut text = String::with_capacity(70_000 * 40);
+        for i in 0..70_000 {
+            text += &format!("[access_rights.r{i}]\nactions = [\"TARGETDATA\"]\n");
+        }
+        text += &token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", "\"r69999\"");
+        let started = std::time::Instant::now();
+        let errs = errors(&text);
+        eprintln!("70,000 rights: {:?}", started.elapsed());
+        assert_eq!(errs.len(), 1, "{:?}", &errs[..errs.len().min(3)]);
+        assert!(
+            errs[0].starts_with("t.toml:131071:1: the file defines 70000 access rights, more than the 65535 allowed"),
+            "{errs:?}"
+        );
+        // The same number of distinct rights under the limit loads.
+        let under: String = (0..65_535).map(|i| format!("[access_rights.r{i}]\n")).collect::<String>()
+            + &token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", "\"r65534\"");
+        assert_eq!(parse(Path::new("t.toml"), &under).unwrap().table.rights().len(), 65_535);
     }
 }

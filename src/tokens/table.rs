@@ -184,6 +184,12 @@ impl<'t> TokenRef<'t> {
         (0..self.secrets()).map(|p| (p, state.secret_last_use(SecretTag::of(&self.digest_at(p).0)))).collect()
     }
 
+    /// Its digests, newest first (for tests that compare two tables).
+    #[cfg(test)]
+    pub(crate) fn digests(&self) -> Vec<TokenHash> {
+        (0..self.secrets()).map(|p| *self.digest_at(p)).collect()
+    }
+
     fn digest_at(&self, position: usize) -> &'t TokenHash {
         match position {
             0 => &self.entry.digest,
@@ -202,6 +208,10 @@ impl<'t> TokenRef<'t> {
         self.entry.state.get().cloned().or_else(|| registry.get(self.name()))
     }
 }
+
+/// The most access rights one file may define (a token numbers its right
+/// in 16 bits).
+pub const MAX_RIGHTS: usize = 65_535;
 
 /// Marks an index slot that points into `extra` rather than `entries`.
 const EXTRA: u32 = 1 << 31;
@@ -330,9 +340,10 @@ impl TableBuilder {
         b
     }
 
-    /// Adds an access right; returns its index for [`TableBuilder::insert`].
+    /// Adds an access right; returns its index for [`TableBuilder::insert`],
+    /// or `None` past [`MAX_RIGHTS`].
     pub fn add_right(&mut self, right: Arc<AccessRight>) -> Option<u16> {
-        let index = u16::try_from(self.table.rights.len()).ok()?;
+        let index = u16::try_from(self.table.rights.len()).ok().filter(|&i| usize::from(i) < MAX_RIGHTS)?;
         self.table.rights.push(right);
         Some(index)
     }
