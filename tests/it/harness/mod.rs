@@ -156,6 +156,7 @@ pub struct GatewayBuilder {
     timeout: String,
     tokens_path: Option<PathBuf>,
     upstream_extra: String,
+    tokens_extra: String,
     one_cpu: bool,
 }
 
@@ -176,6 +177,12 @@ impl GatewayBuilder {
     pub fn extra_upstream(mut self, lines: &str) -> Self {
         self.upstream_extra.push_str(lines);
         self.upstream_extra.push('\n');
+        self
+    }
+    /// Extra lines inside `[tokens]` (`max_file_bytes = ...`).
+    pub fn tokens_extra(mut self, lines: &str) -> Self {
+        self.tokens_extra.push_str(lines);
+        self.tokens_extra.push('\n');
         self
     }
     /// Point `tokens.file` at an existing file instead of writing one.
@@ -206,8 +213,8 @@ impl GatewayBuilder {
         let apptoken = if self.apptoken { "apptoken_file = \"upstream.token\"\n" } else { "" };
         let mut cfg = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{}\"\n{apptoken}{}timeout = \"{}\"\n\n\
-             [tokens]\nfile = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
-            self.upstream, self.upstream_extra, self.timeout, tokens_file
+             [tokens]\nfile = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+            self.upstream, self.upstream_extra, self.timeout, tokens_file, self.tokens_extra
         );
         cfg.push_str(&self.extra);
         if !self.extra.contains("[client_ip]") {
@@ -237,6 +244,7 @@ impl Gateway {
             timeout: "5s".into(),
             tokens_path: None,
             upstream_extra: String::new(),
+            tokens_extra: String::new(),
             one_cpu: false,
         }
     }
