@@ -135,6 +135,7 @@ fn asked(queries: Vec<String>, now: SystemTime) -> Vec<DecisionInput<'static>> {
                 body: BodyCheck::Fine,
                 client: Ok(Resolved { client, hops: Vec::new() }),
                 now,
+                known_digest: None,
             }
         })
         .collect()
@@ -348,7 +349,7 @@ fn bench_rewrite(c: &mut Criterion) {
     g.bench_function("headers", |b| {
         b.iter_batched_ref(
             || headers.clone(),
-            |h| upstream_headers(h, black_box(&host), forwarded_for(black_box(&resolved)), true),
+            |h| upstream_headers(h, black_box(&host), forwarded_for(black_box(&resolved)), true, Vec::new()),
             BatchSize::SmallInput,
         )
     });

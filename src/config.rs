@@ -20,6 +20,7 @@ use crate::diagnostic::{ConfigErrors, Source};
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Spanned<String>,
+    denial_status: Option<Spanned<String>>,
     tls: Option<RawTls>,
 }
 
@@ -38,6 +39,16 @@ struct RawUpstream {
     ca_file: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    rest: Option<RawRest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRest {
+    login: Spanned<String>,
+    username_file: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    token_lifetime: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +79,15 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     inspect_body_bytes: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
+    shared: Option<RawShared>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    redis: Spanned<String>,
+    on_error: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +122,53 @@ impl std::fmt::Debug for UpstreamToken {
     }
 }
 
+/// A secret read from a file (a REST login's user name or password). Its
+/// `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How the gateway obtains the scanner's own REST token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestLogin {
+    /// `GET /opi/XMLAPI?ACTION=GETRESTTOKEN&APPTOKEN=<apptoken_file>&JSON=1`.
+    AppToken,
+    /// `POST /opi/rest/auth/login` with these form fields.
+    Password {
+        /// `username_file`'s content.
+        username: Secret,
+        /// `password_file`'s content.
+        password: Secret,
+    },
+}
+
+/// `[upstream.rest]`: REST routes go upstream with the scanner's own REST
+/// bearer token, which the gateway obtains and renews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestConfig {
+    /// How the token is obtained.
+    pub login: RestLogin,
+    /// How long a REST token lasts at the scanner (renewed at about 80 %).
+    pub token_lifetime: Duration,
+}
+
+/// What HTTP status a refusal answers with (`server.denial_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DenialStatus {
+    /// The status of interface.md §5 (401, 403, ...).
+    #[default]
+    Http,
+    /// 200 for a refusal of an XMLAPI request that names an ACTION, as the
+    /// scanner answers its own errors (the common Python clients read the
+    /// error only from a 2xx answer).
+    Xmlapi,
+}
+
 /// `[upstream]`, validated: where allowed requests go and with what credential.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -117,6 +184,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Limit for the answer to begin.
     pub timeout: Duration,
+    /// `[upstream.rest]`, when present.
+    pub rest: Option<RestConfig>,
 }
 
 /// `[limits]`.
@@ -152,6 +221,35 @@ impl Default for Limits {
     }
 }
 
+/// What a limited request gets when the shared store cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Each replica counts alone, in its own bucket.
+    Local,
+    /// 429 RATE_LIMITED.
+    Deny,
+    /// Allowed, uncounted.
+    Allow,
+}
+
+/// `[limits.shared]`: per-token rates counted across every replica that
+/// names the same Redis.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedLimits {
+    /// `redis`: the store's URL (it may hold a password: `Debug` hides it).
+    pub redis: String,
+    /// `on_error`.
+    pub on_error: OnStoreError,
+    /// `timeout`: the longest wait for the store.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SharedLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLimits").field("on_error", &self.on_error).field("timeout", &self.timeout).finish()
+    }
+}
+
 /// Access log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -184,6 +282,10 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Log format.
     pub log_format: LogFormat,
+    /// `server.denial_status`.
+    pub denial_status: DenialStatus,
+    /// `[limits.shared]`, when present.
+    pub shared_limits: Option<SharedLimits>,
 }
 
 impl Config {
@@ -230,6 +332,17 @@ impl Config {
         let log: RawLog = section(&doc, "log", false, &mut src).unwrap_or_default();
 
         let listen = server.as_ref().and_then(|s| socket_addr(&s.listen, &mut src));
+        let denial_status = match server.as_ref().and_then(|s| s.denial_status.as_ref()) {
+            None => DenialStatus::Http,
+            Some(v) => match v.get_ref().as_str() {
+                "http" => DenialStatus::Http,
+                "xmlapi" => DenialStatus::Xmlapi,
+                other => {
+                    src.error(Some(v.span()), format!("denial_status {other:?} is not \"http\" or \"xmlapi\""));
+                    DenialStatus::Http
+                }
+            },
+        };
         let tls = server
             .and_then(|s| s.tls)
             .map(|t| TlsFiles { cert: resolve(t.cert.get_ref()), key: resolve(t.key.get_ref()) });
@@ -277,8 +390,9 @@ impl Config {
             let ca_file = u.ca_file.as_ref().map(|f| resolve(f.get_ref()));
             let connect_timeout = duration(u.connect_timeout.as_ref(), Duration::from_secs(5), &mut src);
             let timeout = duration(u.timeout.as_ref(), Duration::from_secs(120), &mut src);
+            let rest = u.rest.as_ref().and_then(|r| rest_config(r, apptoken.is_some(), &resolve, &mut src));
             let (scheme, authority) = url?;
-            Some(UpstreamConfig { scheme, authority, apptoken, ca_file, connect_timeout, timeout })
+            Some(UpstreamConfig { scheme, authority, apptoken, ca_file, connect_timeout, timeout, rest })
         });
 
         let mut trusted_proxies = Vec::new();
@@ -289,6 +403,27 @@ impl Config {
             }
         }
 
+        let shared_limits = limits.shared.as_ref().and_then(|sh| {
+            let redis = match redis::IntoConnectionInfo::into_connection_info(sh.redis.get_ref().as_str()) {
+                Ok(_) => Some(sh.redis.get_ref().clone()),
+                Err(_) => {
+                    // The URL may hold a password: said where, not quoted.
+                    src.error(Some(sh.redis.span()), "`redis` is not a Redis URL (redis://host:port/db)");
+                    None
+                }
+            };
+            let on_error = match sh.on_error.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+                None | Some(("local", _)) => OnStoreError::Local,
+                Some(("deny", _)) => OnStoreError::Deny,
+                Some(("allow", _)) => OnStoreError::Allow,
+                Some((other, span)) => {
+                    src.error(Some(span), format!("on_error {other:?} is not \"local\", \"deny\" or \"allow\""));
+                    OnStoreError::Local
+                }
+            };
+            let timeout = duration(sh.timeout.as_ref(), Duration::from_millis(50), &mut src);
+            Some(SharedLimits { redis: redis?, on_error, timeout })
+        });
         let d = Limits::default();
         let limits = Limits {
             header_read_timeout: duration(limits.header_read_timeout.as_ref(), d.header_read_timeout, &mut src),
@@ -329,6 +464,8 @@ impl Config {
                 limits,
                 admin_listen,
                 log_format,
+                denial_status,
+                shared_limits,
             }),
             _ => Err(ConfigErrors(src.into_errors())),
         }
@@ -355,6 +492,62 @@ fn section<T: DeserializeOwned>(doc: &ImDocument<&str>, name: &str, required: bo
             None
         }
     }
+}
+
+/// `[upstream.rest]`, validated; its secrets read from their files, never
+/// quoted in an error.
+fn rest_config(
+    r: &RawRest,
+    has_apptoken: bool,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    src: &mut Source<'_>,
+) -> Option<RestConfig> {
+    let token_lifetime = duration(r.token_lifetime.as_ref(), Duration::from_secs(600), src);
+    let mut secret = |key: &str, file: &Option<Spanned<String>>| -> Option<Secret> {
+        let Some(f) = file else {
+            src.error(Some(r.login.span()), format!("login = \"password\" needs `{key}`"));
+            return None;
+        };
+        let p = resolve(f.get_ref());
+        match std::fs::read_to_string(&p) {
+            Ok(s) if !s.trim().is_empty() && !s.trim().contains(['\r', '\n']) => Some(Secret(s.trim().to_string())),
+            Ok(_) => {
+                src.error(Some(f.span()), format!("`{key}` {} must hold one line and nothing else", p.display()));
+                None
+            }
+            Err(e) => {
+                src.error(Some(f.span()), format!("cannot read `{key}` {}: {}", p.display(), e.kind()));
+                None
+            }
+        }
+    };
+    let login = match r.login.get_ref().as_str() {
+        "apptoken" => {
+            if !has_apptoken {
+                src.error(
+                    Some(r.login.span()),
+                    "login = \"apptoken\" needs `upstream.apptoken_file` (a super-user token)",
+                );
+                return None;
+            }
+            for (key, f) in [("username_file", &r.username_file), ("password_file", &r.password_file)] {
+                if let Some(f) = f {
+                    src.error(Some(f.span()), format!("`{key}` belongs to login = \"password\""));
+                }
+            }
+            RestLogin::AppToken
+        }
+        "password" => {
+            let username = secret("username_file", &r.username_file);
+            let password = secret("password_file", &r.password_file);
+            RestLogin::Password { username: username?, password: password? }
+        }
+        other => {
+            src.error(Some(r.login.span()), format!("login {other:?} is not \"apptoken\" or \"password\""));
+            return None;
+        }
+    };
+    Some(RestConfig { login, token_lifetime })
 }
 
 fn socket_addr(s: &Spanned<String>, src: &mut Source<'_>) -> Option<SocketAddr> {
@@ -508,6 +701,47 @@ mod tests {
         }
         let errs = parse(&cfg("file = \"t.toml\"\nmax_file_bytes = \"1MB\"")).unwrap_err();
         assert!(errs[0].starts_with("/etc/tg/gateway.toml:7:18: invalid type"), "{errs:?}");
+    }
+
+    #[test]
+    fn rest_and_denial_status_are_validated_with_their_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("user"), "u\n").unwrap();
+        std::fs::write(dir.path().join("pass"), "p w\n").unwrap();
+        let base = |server: &str, rest: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\n{server}\n[upstream]\nurl = \"https://h\"\n{rest}\n\
+                 [tokens]\nfile = \"t.toml\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n"
+            )
+        };
+        let path = dir.path().join("gateway.toml");
+        let ok = Config::parse(
+            &path,
+            &base(
+                "denial_status = \"xmlapi\"",
+                "[upstream.rest]\nlogin = \"password\"\nusername_file = \"user\"\npassword_file = \"pass\"\ntoken_lifetime = \"5m\"",
+            ),
+        )
+        .unwrap();
+        assert_eq!(ok.denial_status, DenialStatus::Xmlapi);
+        let rest = ok.upstream.rest.unwrap();
+        assert_eq!(rest.token_lifetime, Duration::from_secs(300));
+        assert_eq!(rest.login, RestLogin::Password { username: Secret("u".into()), password: Secret("p w".into()) });
+        assert!(!format!("{:?}", RestLogin::Password { username: Secret("u".into()), password: Secret("pw".into()) })
+            .contains("pw"));
+        let errs = |server: &str, rest: &str| -> Vec<String> {
+            Config::parse(&path, &base(server, rest)).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+        };
+        let e = errs("denial_status = \"quiet\"", "");
+        assert!(e[0].ends_with(":3:17: denial_status \"quiet\" is not \"http\" or \"xmlapi\""), "{e:?}");
+        let e = errs("", "[upstream.rest]\nlogin = \"apptoken\"");
+        assert!(e[0].contains(":7:9: login = \"apptoken\" needs `upstream.apptoken_file`"), "{e:?}");
+        let e = errs("", "[upstream.rest]\nlogin = \"password\"\nusername_file = \"user\"");
+        assert!(e[0].contains("login = \"password\" needs `password_file`"), "{e:?}");
+        let e = errs("", "[upstream.rest]\nlogin = \"password\"\nusername_file = \"none\"\npassword_file = \"pass\"");
+        assert!(e[0].contains("cannot read `username_file`"), "{e:?}");
+        let e = errs("", "[upstream.rest]\nlogin = \"magic\"\nextra = 1");
+        assert!(e.iter().any(|e| e.contains("unknown field `extra`")), "{e:?}");
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub enum Denial {
     AmbiguousRequest(&'static str),
     /// The body must be read to decide but is over `inspect_body_bytes`.
     BodyTooLarge,
+    /// Over the token's `rate`; one more request fits in this many whole
+    /// seconds (`Retry-After`).
+    RateLimited(u32),
+    /// The token's `concurrency` requests are in flight already.
+    TooManyInFlight,
 }
 
 impl DenialCode {
@@ -66,6 +71,7 @@ impl Denial {
             | Denial::RouteNotAllowed => StatusCode::FORBIDDEN,
             Denial::AmbiguousRequest(_) => StatusCode::BAD_REQUEST,
             Denial::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Denial::RateLimited(_) | Denial::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -80,6 +86,8 @@ impl Denial {
             Denial::RouteNotAllowed => "The APPTOKEN does not allow this request",
             Denial::AmbiguousRequest(why) => why,
             Denial::BodyTooLarge => "The request body is too large to inspect",
+            Denial::RateLimited(_) => "The APPTOKEN is over its rate; try again later",
+            Denial::TooManyInFlight => "The APPTOKEN has too many requests in flight",
         }
     }
 }
@@ -94,6 +102,8 @@ pub enum UpstreamFailure {
     Tls,
     /// No answer began within `upstream.timeout`: 504.
     Timeout,
+    /// No REST token of the scanner's could be had for a REST route: 502.
+    Auth,
 }
 
 impl UpstreamFailure {
@@ -133,7 +143,9 @@ impl GatewayError {
     pub fn status(self) -> StatusCode {
         match self {
             GatewayError::Denied(d) => d.status(),
-            GatewayError::Upstream(UpstreamFailure::Unreachable | UpstreamFailure::Tls) => StatusCode::BAD_GATEWAY,
+            GatewayError::Upstream(UpstreamFailure::Unreachable | UpstreamFailure::Tls | UpstreamFailure::Auth) => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,6 +159,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Unreachable) => "UPSTREAM_UNREACHABLE",
             GatewayError::Upstream(UpstreamFailure::Tls) => "UPSTREAM_TLS",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "UPSTREAM_TIMEOUT",
+            GatewayError::Upstream(UpstreamFailure::Auth) => "UPSTREAM_AUTH",
             GatewayError::Busy => "GATEWAY_BUSY",
             GatewayError::Internal => "INTERNAL_ERROR",
         }
@@ -159,6 +172,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamFailure::Unreachable) => "The scanner could not be reached",
             GatewayError::Upstream(UpstreamFailure::Tls) => "The scanner's TLS certificate was not accepted",
             GatewayError::Upstream(UpstreamFailure::Timeout) => "The scanner did not answer in time",
+            GatewayError::Upstream(UpstreamFailure::Auth) => "The gateway could not log in to the scanner's REST API",
             GatewayError::Busy => "The gateway is reading too many request bodies at once; try again",
             GatewayError::Internal => "The gateway failed to handle the request",
         }
@@ -170,6 +184,11 @@ impl GatewayError {
     /// and shared.
     pub fn into_response(self, json: bool) -> Response<Bytes> {
         match self {
+            GatewayError::Denied(Denial::RateLimited(secs)) => {
+                let mut resp = shared_denial(Denial::RateLimited(secs), json);
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                resp
+            }
             GatewayError::Denied(d) if !matches!(d, Denial::AmbiguousRequest(_)) => shared_denial(d, json),
             GatewayError::Denied(_) | GatewayError::Upstream(_) | GatewayError::Busy | GatewayError::Internal => {
                 render(self.status(), self.code(), self.message(), json)
@@ -206,6 +225,8 @@ fn fixed(code: DenialCode) -> Denial {
         DenialCode::RouteNotAllowed => Denial::RouteNotAllowed,
         DenialCode::AmbiguousRequest => Denial::AmbiguousRequest("The request is ambiguous"),
         DenialCode::BodyTooLarge => Denial::BodyTooLarge,
+        DenialCode::RateLimited => Denial::RateLimited(1),
+        DenialCode::TooManyInFlight => Denial::TooManyInFlight,
     }
 }
 
@@ -266,6 +287,8 @@ mod tests {
             (Denial::RouteNotAllowed, 403, "ROUTE_NOT_ALLOWED"),
             (Denial::AmbiguousRequest("x"), 400, "AMBIGUOUS_REQUEST"),
             (Denial::BodyTooLarge, 413, "BODY_TOO_LARGE"),
+            (Denial::RateLimited(3), 429, "RATE_LIMITED"),
+            (Denial::TooManyInFlight, 429, "TOO_MANY_IN_FLIGHT"),
         ];
         assert_eq!(all.len(), DenialCode::COUNT);
         for (i, (d, status, code)) in all.into_iter().enumerate() {
@@ -282,6 +305,7 @@ mod tests {
             (GatewayError::Upstream(UpstreamFailure::Unreachable), 502, "UPSTREAM_UNREACHABLE", "unreachable"),
             (GatewayError::Upstream(UpstreamFailure::Tls), 502, "UPSTREAM_TLS", "tls"),
             (GatewayError::Upstream(UpstreamFailure::Timeout), 504, "UPSTREAM_TIMEOUT", "timeout"),
+            (GatewayError::Upstream(UpstreamFailure::Auth), 502, "UPSTREAM_AUTH", "auth"),
         ];
         for (e, status, code, label) in all {
             assert_eq!((e.status().as_u16(), e.code()), (status, code));
@@ -314,13 +338,19 @@ mod tests {
             let d = fixed(code);
             for json in [false, true] {
                 let shared = GatewayError::Denied(d).into_response(json);
-                let fresh = render(d.status(), d.code().as_str(), d.message(), json);
+                let mut fresh = render(d.status(), d.code().as_str(), d.message(), json);
+                if let Denial::RateLimited(secs) = d {
+                    fresh.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
                 assert_eq!(
                     (shared.status(), shared.headers(), shared.body()),
                     (fresh.status(), fresh.headers(), fresh.body())
                 );
             }
         }
+        let limited = GatewayError::Denied(Denial::RateLimited(7)).into_response(false);
+        assert_eq!(limited.headers()["retry-after"], "7");
+        assert_eq!(limited.status(), 429);
         let amb = GatewayError::Denied(Denial::AmbiguousRequest("because")).into_response(false);
         assert!(std::str::from_utf8(amb.body()).unwrap().contains("<MESSAGE>because</MESSAGE>"));
     }

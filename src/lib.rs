@@ -5,12 +5,13 @@
 //! `tests/it/layers.rs`, holds this list to the code).
 
 // Vocabulary, the leaves: config errors with their location, addresses and
-// CIDRs, percent-decoding, what an access right allows, and every answer
-// the gateway gives itself.
+// CIDRs, percent-decoding, per-token limits and their live state, what an
+// access right allows, and every answer the gateway gives itself.
 pub mod denial;
 pub mod diagnostic;
 pub mod net;
 pub mod percent;
+pub mod quota;
 pub mod rights;
 
 // `gateway.toml`.
@@ -21,6 +22,10 @@ pub mod tokens;
 
 // The pure decision of interface.md §5.
 pub mod decide;
+
+// What hyper's HTTP/1 parser reads and forgets (fragments, a length beside
+// chunked framing), noted per request head.
+pub mod wire;
 
 // Access log, metrics, the logger.
 pub mod telemetry;

@@ -2,6 +2,9 @@
 //! (paths, parameter names, parameter values, digests in the token file):
 //! `%XX` is a byte, anything else is itself, and a `%` not followed by two
 //! hex digits is malformed. A leaf: uses nothing of the crate.
+//!
+//! Also where a secret (the caller's token, the upstream credential) is in
+//! a text in any spelling a URL or a header could give it: [`Spelled`].
 
 /// The value of one hex digit.
 pub fn hex_val(c: u8) -> Option<u8> {
@@ -42,9 +45,128 @@ pub fn unescape(raw: &[u8], plus_is_space: bool) -> impl Iterator<Item = Option<
     })
 }
 
+/// A secret to look for in texts in every spelling: each byte as itself in
+/// either ASCII letter case, percent-encoded (`%XX`, either hex case, wholly
+/// or in part), or a space as `+`. A text is normalised once (decoded a
+/// level, lower-cased) and searched with memchr's substring finder, so a
+/// search is linear in the text whatever the secret and the text hold.
+pub struct Spelled {
+    needle: Vec<u8>,
+}
+
+impl Spelled {
+    /// Looks for `secret`; `None` for an empty secret (found everywhere).
+    pub fn new(secret: &[u8]) -> Option<Self> {
+        (!secret.is_empty()).then(|| Self { needle: secret.to_ascii_lowercase() })
+    }
+
+    /// Whether `text` holds the secret in some spelling.
+    pub fn is_in(&self, text: &[u8]) -> bool {
+        // Every spelling of a byte takes at least one byte of text.
+        if text.len() < self.needle.len() {
+            return false;
+        }
+        let mut normal = Vec::with_capacity(text.len());
+        normalise(text, &mut normal, None);
+        memchr::memmem::find(&normal, &self.needle).is_some()
+    }
+
+    /// `text` with every spelling of the secret replaced by `with`; `None`
+    /// when it holds none.
+    pub fn replaced(&self, text: &[u8], with: &[u8]) -> Option<Vec<u8>> {
+        if text.len() < self.needle.len() {
+            return None;
+        }
+        let mut normal = Vec::with_capacity(text.len());
+        let mut starts = Vec::with_capacity(text.len() + 1);
+        normalise(text, &mut normal, Some(&mut starts));
+        starts.push(text.len());
+        let mut out = Vec::with_capacity(text.len());
+        let (mut copied, mut found) = (0, false);
+        for at in memchr::memmem::find_iter(&normal, &self.needle) {
+            let (from, to) = (starts[at], starts[at + self.needle.len()]);
+            if from < copied {
+                // Overlaps the previous occurrence, which is gone already.
+                continue;
+            }
+            out.extend_from_slice(&text[copied..from]);
+            out.extend_from_slice(with);
+            copied = to;
+            found = true;
+        }
+        out.extend_from_slice(&text[copied..]);
+        found.then_some(out)
+    }
+}
+
+/// Decodes one level of `%XX` (and `+` as a space) and lower-cases ASCII;
+/// with `starts`, records where in `text` each normalised byte began.
+fn normalise(text: &[u8], out: &mut Vec<u8>, mut starts: Option<&mut Vec<usize>>) {
+    let mut i = 0;
+    while i < text.len() {
+        let (byte, width) = match text[i] {
+            b'%' => match (text.get(i + 1).and_then(|&c| hex_val(c)), text.get(i + 2).and_then(|&c| hex_val(c))) {
+                (Some(h), Some(l)) => (h << 4 | l, 3),
+                _ => (b'%', 1),
+            },
+            b'+' => (b' ', 1),
+            c => (c, 1),
+        };
+        if let Some(s) = starts.as_deref_mut() {
+            s.push(i);
+        }
+        out.push(byte.to_ascii_lowercase());
+        i += width;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_secret_is_found_in_every_spelling_and_replaced_in_place() {
+        let s = Spelled::new(b"AbC1-x").unwrap();
+        for text in ["AbC1-x", "abc1-X", "%41bc1-x", "%61%62%63%31%2d%78", "q=%41BC1%2Dx&z", "x ABC1-X y"] {
+            assert!(s.is_in(text.as_bytes()), "{text}");
+        }
+        for text in ["AbC1x", "AbC1-", "%2541bc1-x", "Ab C1-x", ""] {
+            assert!(!s.is_in(text.as_bytes()), "{text}");
+        }
+        let r = s.replaced(b"https://up/?APPTOKEN=%41bc1-X&t=abc1-x", b"REDACTED").unwrap();
+        assert_eq!(String::from_utf8(r).unwrap(), "https://up/?APPTOKEN=REDACTED&t=REDACTED");
+        assert_eq!(s.replaced(b"nothing here at all", b"R"), None);
+        let space = Spelled::new(b"a b").unwrap();
+        assert!(space.is_in(b"A+B") && space.is_in(b"a%20b") && space.is_in(b"a b"));
+        assert!(Spelled::new(b"").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn any_spelling_of_a_secret_is_found_and_replaced(
+            secret in "[A-Za-z0-9._~-]{1,12}",
+            how in proptest::collection::vec(0u8..4, 12),
+            before in "[a-z=&/?]{0,6}",
+            after in "[a-z=&/?]{0,6}",
+        ) {
+            let spelled: String = secret
+                .bytes()
+                .zip(how.iter().cycle())
+                .map(|(b, h)| match h {
+                    0 => char::from(b).to_string(),
+                    1 => char::from(b.to_ascii_uppercase()).to_string(),
+                    2 => format!("%{b:02X}"),
+                    _ => format!("%{b:02x}"),
+                })
+                .collect();
+            let text = format!("{before}{spelled}{after}");
+            let s = Spelled::new(secret.as_bytes()).unwrap();
+            prop_assert!(s.is_in(text.as_bytes()));
+            let r = s.replaced(text.as_bytes(), b"#").unwrap();
+            prop_assert!(!s.is_in(&r), "{}", String::from_utf8_lossy(&r));
+        }
+    }
 
     fn all(raw: &str, plus: bool) -> Option<Vec<u8>> {
         unescape(raw.as_bytes(), plus).collect()

@@ -2,6 +2,13 @@
 //! and the `METHOD PATH-GLOB` routes it allows outside the XMLAPI. Shared by
 //! the token file (which builds rights), the table (which holds them) and
 //! the decision (which asks them). A leaf: uses nothing of the crate.
+//!
+//! Credential-minting calls are never covered by a wildcard (interface.md
+//! §4): `ACTION=GETRESTTOKEN` returns the scanner's own REST token, and
+//! `/opi/rest/auth/...` logs in; either would hand the caller a credential
+//! of the gateway's, valid past every check of the gateway. `"*"` in
+//! `actions` and a glob with `*` in `routes` cover neither; only a right
+//! that names them does.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,15 +24,39 @@ pub enum Actions {
     Listed(Box<[Box<str>]>),
 }
 
+/// The XMLAPI ACTIONs that mint a credential: no `"*"` covers them.
+pub const MINTING_ACTIONS: [&str; 1] = ["GETRESTTOKEN"];
+
+/// The REST paths that mint a credential, below this prefix: no glob with
+/// `*` covers them (matched without regard to case, as a lenient container
+/// might map them).
+pub const MINTING_PATH_PREFIX: &str = "/opi/rest/auth/";
+
 impl Actions {
     /// Whether `action` (decoded bytes) is allowed. A non-ASCII spelling never
     /// matches a listed name, so no Unicode case mapping can widen a right.
+    /// `"*"` allows every ACTION but the credential-minting ones.
     pub fn allows(&self, action: &[u8]) -> bool {
         match self {
-            Actions::Any => true,
+            Actions::Any => !is_minting_action(action),
             Actions::Listed(list) => list.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(action)),
         }
     }
+}
+
+/// Whether an ACTION mints a credential (Java's case-insensitive compare
+/// folds a few non-ASCII letters to ASCII ones; any name that is not plain
+/// ASCII is taken as one, so no spelling slips through `"*"`).
+pub fn is_minting_action(action: &[u8]) -> bool {
+    !action.is_ascii() || MINTING_ACTIONS.iter().any(|m| m.as_bytes().eq_ignore_ascii_case(action))
+}
+
+/// Whether a canonical path is a credential-minting REST path.
+pub fn is_minting_path(canonical_path: &str) -> bool {
+    let p = canonical_path.as_bytes();
+    let prefix = MINTING_PATH_PREFIX.as_bytes();
+    let bare = &prefix[..prefix.len() - 1];
+    (p.len() >= prefix.len() && p[..prefix.len()].eq_ignore_ascii_case(prefix)) || p.eq_ignore_ascii_case(bare)
 }
 
 /// A named access right from `[access_rights.NAME]`.
@@ -71,9 +102,23 @@ impl RoutePattern {
     }
 
     /// Whether a request with this method and canonical path (decoded and
-    /// normalised, as `decide::route::CanonicalPath::as_str` gives it) is covered.
+    /// normalised, as `decide::route::CanonicalPath::as_str` gives it) is
+    /// covered. A credential-minting path is covered only by a glob that
+    /// names it without a `*`.
     pub fn matches(&self, method: &Method, canonical_path: &str) -> bool {
-        self.method.as_ref().is_none_or(|m| m == method) && glob_match(self.glob.as_bytes(), canonical_path.as_bytes())
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return false;
+        }
+        if is_minting_path(canonical_path) {
+            return !self.glob.contains('*') && *self.glob == *canonical_path;
+        }
+        glob_match(self.glob.as_bytes(), canonical_path.as_bytes())
+    }
+
+    /// Whether this route names a credential-minting path (for the warning
+    /// `check` gives about it).
+    pub fn names_minting_path(&self) -> bool {
+        !self.glob.contains('*') && is_minting_path(&self.glob)
     }
 }
 
@@ -122,6 +167,27 @@ mod tests {
         assert!(!a.allows(b"TARGETDATA "));
         assert!(!a.allows("TARGETDAṪA".as_bytes()));
         assert!(Actions::Any.allows(b"anything"));
+    }
+
+    #[test]
+    fn credential_minting_calls_are_never_wildcarded() {
+        assert!(!Actions::Any.allows(b"GETRESTTOKEN"));
+        assert!(!Actions::Any.allows(b"getresttoken"));
+        assert!(!Actions::Any.allows("GETRESTTO\u{212A}EN".as_bytes()), "a Kelvin sign folds to K in Java");
+        assert!(Actions::Any.allows(b"TARGETDATA"));
+        let named = Actions::Listed(vec!["GETRESTTOKEN".into()].into());
+        assert!(named.allows(b"GetRestToken"));
+        let any = RoutePattern::parse("* /*").unwrap();
+        let rest = RoutePattern::parse("POST /opi/rest/*").unwrap();
+        for p in ["/opi/rest/auth/login", "/OPI/REST/AUTH/login", "/opi/rest/auth", "/opi/rest/auth/x/y"] {
+            assert!(!any.matches(&Method::POST, p), "{p}");
+            assert!(!rest.matches(&Method::POST, p), "{p}");
+        }
+        assert!(any.matches(&Method::GET, "/opi/rest/authority"), "only the auth folder");
+        let login = RoutePattern::parse("POST /opi/rest/auth/login").unwrap();
+        assert!(login.matches(&Method::POST, "/opi/rest/auth/login"));
+        assert!(!login.matches(&Method::POST, "/opi/rest/auth/logout"));
+        assert!(login.names_minting_path() && !any.names_minting_path());
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct DecisionInput<'a> {
     pub client: Result<Resolved, BadForwardedFor>,
     /// The time the decision is made at (for `expires`).
     pub now: SystemTime,
+    /// An APPTOKEN value whose digest was computed already (the query's,
+    /// for the body's room), with that digest: used only for that value.
+    pub known_digest: Option<(&'a [u8], TokenHash)>,
 }
 
 /// A grant: every row passed. It carries what the rows established, so
@@ -55,6 +58,8 @@ pub struct Grant<'t, 'i, 'r> {
     pub path: &'i CanonicalPath<'r>,
     /// The client the decision was made for.
     pub client: &'i Resolved,
+    /// The caller's token as it came (decoded): it must not go upstream.
+    pub apptoken: &'i [u8],
 }
 
 /// A refusal, with the token when one was found (for its counters).
@@ -71,18 +76,36 @@ fn refuse(denial: Denial) -> Refusal<'static> {
     Refusal { denial, token: None }
 }
 
-/// Decides a request, row by row of §5; the first failing row answers.
-pub fn decide<'t, 'i, 'r>(
+/// Who is asking, as rows 1 to 4 of §5 establish it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'t, 'i, 'r> {
+    /// The token found.
+    pub token: TokenRef<'t>,
+    /// The parameters row 1 read (APPTOKEN, ACTION, JSON).
+    pub params: &'i Params<'r>,
+    /// The caller's token as it came (decoded).
+    pub apptoken: &'i [u8],
+    /// Its SHA-256, as the table is keyed.
+    pub digest: TokenHash,
+    /// The client, within the token's restriction.
+    pub client: &'i Resolved,
+}
+
+/// Rows 1 to 4 of §5 alone: a token is given once, is known, active and
+/// unexpired, and the client may use it. What the request asks for (row 5)
+/// is not looked at; [`decide`] is this and row 5. The body's room is
+/// chosen with it before the body is read (`proxy::inspect`).
+pub fn caller<'t, 'i, 'r>(
     table: &'t TokenTable,
     asked: &'i DecisionInput<'r>,
-) -> Result<Grant<'t, 'i, 'r>, Refusal<'t>> {
+) -> Result<Caller<'t, 'i, 'r>, Refusal<'t>> {
     // Row 1: find APPTOKEN. A parameter name that cannot be decoded could be
     // APPTOKEN or ACTION, so nothing after this row can be trusted.
     let params = asked
         .params
         .as_ref()
         .map_err(|Malformed| refuse(Denial::AmbiguousRequest("A parameter has a malformed percent-escape")))?;
-    let token = match &params.apptoken {
+    let token: &'i [u8] = match &params.apptoken {
         ParamValue::One(t) => t,
         ParamValue::Conflict => {
             return Err(refuse(Denial::AmbiguousRequest("APPTOKEN is given twice with different values")))
@@ -97,8 +120,13 @@ pub fn decide<'t, 'i, 'r>(
         }
     };
 
-    // Row 2: look it up, by digest; the digest is computed once, here.
-    let entry = table.get(&TokenHash::of(&Token(token))).ok_or_else(|| refuse(Denial::TokenUnknown))?;
+    // Row 2: look it up, by digest; computed once per request (here, or
+    // already for the body's room when the same token came in the query).
+    let digest = match asked.known_digest {
+        Some((value, digest)) if value == token => digest,
+        _ => TokenHash::of(&Token(token)),
+    };
+    let entry = table.get(&digest).ok_or_else(|| refuse(Denial::TokenUnknown))?;
     let deny = |denial| Refusal { denial, token: Some(entry) };
 
     // Row 3: active and not expired, before anything about the request itself.
@@ -115,6 +143,17 @@ pub fn decide<'t, 'i, 'r>(
     if !entry.ip_restriction().allows(client.client.0) {
         return Err(deny(Denial::IpNotAllowed));
     }
+    Ok(Caller { token: entry, params, apptoken: token, digest, client })
+}
+
+/// Decides a request, row by row of §5; the first failing row answers.
+pub fn decide<'t, 'i, 'r>(
+    table: &'t TokenTable,
+    asked: &'i DecisionInput<'r>,
+) -> Result<Grant<'t, 'i, 'r>, Refusal<'t>> {
+    // Rows 1 to 4: who is asking.
+    let Caller { token: entry, params, apptoken, client, .. } = caller(table, asked)?;
+    let deny = |denial| Refusal { denial, token: Some(entry) };
 
     // Row 5: what the request asks for. The body first: ACTION may be in it.
     match asked.body {
@@ -123,7 +162,7 @@ pub fn decide<'t, 'i, 'r>(
         BodyCheck::Refused(why) => return Err(deny(Denial::AmbiguousRequest(why))),
     }
     let path = asked.path.as_ref().map_err(|NotCanonical(why)| deny(Denial::AmbiguousRequest(why)))?;
-    let grant = Grant { token: entry, path, client };
+    let grant = Grant { token: entry, path, client, apptoken };
     if path.is_xmlapi() {
         match &params.action {
             // The clients' login probe.
@@ -231,6 +270,7 @@ expires = "never"
             body: c.body_check,
             client: if c.xff_bad { Err(BadForwardedFor) } else { Ok(client(c.ip)) },
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            known_digest: None,
         };
         decide(t, &asked).map(|g| g.token.name().to_string()).map_err(|r| r.denial)
     }
@@ -320,6 +360,7 @@ expires = "never"
             body: BodyCheck::Fine,
             client: Ok(client(c.ip)),
             now: SystemTime::now(),
+            known_digest: None,
         };
         let r = decide(&t, &asked).unwrap_err();
         assert_eq!(r.token.map(|e| e.name()), Some("ro"));

@@ -78,6 +78,28 @@ impl<'a> Params<'a> {
         }
         Ok(())
     }
+
+    /// Adds the tokens of `Authorization: Bearer <token>` headers, which REST
+    /// clients send theirs as (outside the XMLAPI path only: the caller
+    /// decides). A bearer and an APPTOKEN naming two tokens conflict.
+    pub fn scan_bearers(&mut self, authorization: impl Iterator<Item = &'a [u8]>) {
+        for value in authorization {
+            if let Some(token) = bearer_token(value) {
+                self.apptoken.add(Cow::Borrowed(token));
+            }
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any
+/// letter case, RFC 9110 §11.4), if the value is one.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 fn split_piece(piece: &[u8]) -> (&[u8], &[u8]) {
@@ -332,6 +354,21 @@ mod tests {
         }
         // A broken escape in another parameter's value does not matter.
         assert!(scan("OTHER=%zz&ACTION=X").is_ok());
+    }
+
+    #[test]
+    fn bearers_are_tokens_and_conflict_with_another_apptoken() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bearer   abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearerabc"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        let mut p = Params::default();
+        p.scan(b"APPTOKEN=abc").unwrap();
+        p.scan_bearers([&b"Bearer abc"[..]].into_iter());
+        assert_eq!(p.apptoken, one("abc"), "the same token twice is one");
+        p.scan_bearers([&b"Bearer xyz"[..]].into_iter());
+        assert_eq!(p.apptoken, ParamValue::Conflict);
     }
 
     #[test]

@@ -4,17 +4,29 @@
 //! (the socket peer, or who a trusted proxy says it forwards). Borrows from
 //! the request; copies nothing it does not have to.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::request::Parts;
 
 use crate::decide::client_ip::{resolve, PeerAddr, TrustedProxies};
-use crate::decide::params::{ParamValue, Params};
+use crate::decide::params::{Malformed, ParamValue, Params};
 use crate::decide::route::CanonicalPath;
-use crate::decide::{BodyCheck, DecisionInput};
+use crate::decide::{caller, BodyCheck, DecisionInput};
 use crate::telemetry::access::AccessRecord;
+use crate::tokens::reload::TokenStore;
+use crate::tokens::state::TokenState;
+use crate::tokens::table::TokenHash;
+
+/// Whether the query alone asks for JSON answers (`JSON=1`), for answers
+/// given before the body is read.
+pub fn query_asks_json(parts: &Parts) -> bool {
+    let mut params = Params::default();
+    params.scan(parts.uri.query().map(str::as_bytes).unwrap_or_default()).is_ok() && params.json
+}
 
 /// Whether refusals are to be JSON (`JSON=1` in the query or the form).
 pub fn json(asked: &DecisionInput<'_>) -> bool {
@@ -27,6 +39,13 @@ pub fn client_for_log(asked: &DecisionInput<'_>, peer: PeerAddr) -> IpAddr {
     asked.client.as_ref().map_or(peer.0.to_canonical(), |r| r.client.0)
 }
 
+/// Whether this is an XMLAPI request that names an ACTION (the clients'
+/// login probe names none).
+pub fn names_an_action(asked: &DecisionInput<'_>) -> bool {
+    asked.path.as_ref().is_ok_and(|p| p.is_xmlapi())
+        && asked.params.as_ref().is_ok_and(|p| !matches!(p.action, ParamValue::Absent))
+}
+
 /// The ACTION as the access log shows it.
 pub fn action_for_log(asked: &DecisionInput<'_>) -> Option<Box<str>> {
     match &asked.params {
@@ -35,8 +54,55 @@ pub fn action_for_log(asked: &DecisionInput<'_>) -> Option<Box<str>> {
     }
 }
 
+/// What the query alone tells before a form body is read.
+pub struct BeforeBody<'r> {
+    /// The token the query names, when rows 1 to 4 admit it: the body is
+    /// read in the known tokens' room, in this token's share.
+    pub token: Option<Arc<TokenState>>,
+    /// That token's value and digest, for the decision to reuse.
+    pub digest: Option<(Cow<'r, [u8]>, TokenHash)>,
+    /// The client address (the shared room's shares are by address).
+    pub client: IpAddr,
+    /// `JSON=1` in the query.
+    pub json: bool,
+}
+
+/// Looks at the query of a request whose form body is still to be read:
+/// whose room the body is read in (interface.md §5's rows 1 to 4 for the
+/// query's APPTOKEN alone, as `decide::caller` has them). Counts nothing.
+pub fn before_body<'r>(
+    parts: &'r Parts,
+    peer: PeerAddr,
+    trusted: &TrustedProxies,
+    tokens: &TokenStore,
+    now: SystemTime,
+) -> BeforeBody<'r> {
+    let asked = gather(parts, None, BodyCheck::Fine, peer, trusted, now, None);
+    let client = client_for_log(&asked, peer);
+    let json = json(&asked);
+    let table = tokens.current();
+    match caller(&table, &asked) {
+        Ok(c) => BeforeBody {
+            token: Some(c.token.state(tokens.states()).clone()),
+            digest: Some((own_or_borrow(&asked.params, c.apptoken), c.digest)),
+            client,
+            json,
+        },
+        Err(_) => BeforeBody { token: None, digest: None, client, json },
+    }
+}
+
+/// The APPTOKEN value, borrowed from the query when it was not decoded.
+fn own_or_borrow<'r>(params: &Result<Params<'r>, Malformed>, value: &[u8]) -> Cow<'r, [u8]> {
+    match params {
+        Ok(Params { apptoken: ParamValue::One(Cow::Borrowed(b)), .. }) => Cow::Borrowed(*b),
+        _ => Cow::Owned(value.to_vec()),
+    }
+}
+
 /// Gathers what the request of `parts` (with `form`, when its body was a
-/// form read whole) asks, at `now`.
+/// form read whole) asks, at `now`; `known_digest` is an APPTOKEN digest
+/// computed already, from [`before_body`].
 pub fn gather<'r>(
     parts: &'r Parts,
     form: Option<&'r [u8]>,
@@ -44,18 +110,19 @@ pub fn gather<'r>(
     peer: PeerAddr,
     trusted: &TrustedProxies,
     now: SystemTime,
+    known_digest: Option<(&'r [u8], TokenHash)>,
 ) -> DecisionInput<'r> {
+    let path = CanonicalPath::parse(parts.uri.path());
     let mut params = Params::default();
     let query = parts.uri.query().map(str::as_bytes).unwrap_or_default();
-    let params = params.scan(query).and_then(|()| form.map_or(Ok(()), |f| params.scan(f))).map(|()| params);
+    let mut params = params.scan(query).and_then(|()| form.map_or(Ok(()), |f| params.scan(f))).map(|()| params);
+    // Outside the XMLAPI a REST client sends its token as a bearer.
+    if let (Ok(p), Ok(path)) = (&mut params, &path) {
+        if !path.is_xmlapi() {
+            p.scan_bearers(parts.headers.get_all(AUTHORIZATION).iter().map(HeaderValue::as_bytes));
+        }
+    }
     let forwarded_for = || parts.headers.get_all(HeaderName::from_static("x-forwarded-for")).iter();
     let resolved = resolve(peer, forwarded_for, trusted);
-    DecisionInput {
-        method: &parts.method,
-        path: CanonicalPath::parse(parts.uri.path()),
-        params,
-        body,
-        client: resolved,
-        now,
-    }
+    DecisionInput { method: &parts.method, path, params, body, client: resolved, now, known_digest }
 }

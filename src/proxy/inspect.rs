@@ -6,9 +6,11 @@
 //! and streams on to the upstream if the request is allowed, under the
 //! body's idle timeout.
 
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
@@ -22,6 +24,7 @@ use tower_http::BoxError;
 use super::pool::{ClientBodyError, UpstreamBody};
 use crate::decide::params::{body_kind, strip_apptoken, BodyKind};
 use crate::decide::BodyCheck;
+use crate::tokens::state::TokenState;
 
 /// What the body gave the decision.
 pub enum InspectedBody<B> {
@@ -113,17 +116,20 @@ impl Inspector {
         })
     }
 
-    /// Reads a form body within the inspection budget; `NoRoom` when there
-    /// was none in time. A client that stalls between two pieces of its body
-    /// is cut off, so it cannot hold a connection slot and a buffer forever.
-    pub async fn read_form<B>(&self, body: B) -> Result<InspectedBody<B>, NoRoom>
+    /// Reads a form body within the inspection budget, in the room and
+    /// share of `account`; `NoRoom` when there was none in time. The whole
+    /// body must arrive within the idle timeout, and so a client that stalls
+    /// or trickles is cut off: it cannot hold room, a buffer and a
+    /// connection slot for longer.
+    pub async fn read_form<B>(&self, body: B, account: Account<'_>) -> Result<InspectedBody<B>, NoRoom>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
         let limit = self.limit;
         let announced = body.size_hint().upper();
-        let permit = self.budget.reserve(announced, limit).await.ok_or(NoRoom)?;
+        let permit = self.budget.reserve(&account, announced, limit).await.ok_or(NoRoom)?;
+        let deadline = tokio::time::Instant::from_std(Instant::now() + self.idle_timeout);
         if announced.is_some_and(|n| n > limit as u64) {
             return Ok(InspectedBody::Refused(BodyCheck::TooLarge));
         }
@@ -136,7 +142,7 @@ impl Inspector {
             // timer (the usual small form arrives with its head).
             let frame = match body.frame().now_or_never() {
                 Some(f) => f,
-                None => match tokio::time::timeout(self.idle_timeout, body.frame()).await {
+                None => match tokio::time::timeout_at(deadline, body.frame()).await {
                     Ok(f) => f,
                     Err(_) => return Ok(unreadable),
                 },
@@ -170,45 +176,94 @@ impl Inspector {
     }
 }
 
-/// The memory that bodies read before deciding may take together, in KiB.
+/// The memory that bodies read before deciding may take together, in KiB,
+/// in two rooms so that requests nobody is known for cannot hold it all:
+///
+/// - the **known** room, for a body whose query already names a token that
+///   rows 1 to 4 of §5 admit from this client (the common clients put
+///   APPTOKEN in the query and ACTION in the form); one token takes at most
+///   an eighth of it (so a leaked token cannot starve the others);
+/// - the **shared** room, for everyone else; one client address takes at
+///   most an eighth of it.
+///
+/// Shares are kept in a fixed table of counters indexed by a keyed hash of
+/// the token or the address (two that share a counter share a cap: rare,
+/// and never more room than the caps allow), so the budget takes no lock
+/// and no map grows with the clients seen.
 ///
 /// Its own rather than tokio's `Semaphore` (whose `acquire_many_owned`
-/// under a timeout would do the same): the semaphore locks its waiter list
-/// on every release, a mutex shared by every form request, which the
-/// request path must not take. Here taking and giving back room is one
-/// atomic operation each; only a body that has to wait for room takes a
-/// slower path. Single-threaded the two cost the same (`instructions.py`,
-/// form POST: 64,118 instructions per request with this, 64,036 with the
-/// semaphore); what this saves is the lock between worker threads.
+/// under a timeout would do the room): a semaphore locks its waiter list on
+/// every release, a mutex shared by every form request, which the request
+/// path must not take, and it has no notion of shares. Here taking and
+/// giving back room is a few atomic operations; only a body that has to
+/// wait for room takes a slower path. Single-threaded the two cost the same
+/// (`instructions.py`, form POST: 64,118 instructions per request with the
+/// atomics, 64,036 with the semaphore).
 pub struct InspectBudget {
     inner: Arc<Budget>,
     wait: Duration,
 }
 
+/// Which room a body is read in, and whose share it counts against.
+pub enum Account<'a> {
+    /// A token rows 1 to 4 admitted from its query APPTOKEN.
+    Token(&'a Arc<TokenState>),
+    /// Anyone else, by client address.
+    Client(IpAddr),
+}
+
 struct Budget {
+    rooms: [Room; 2],
+    /// Most KiB one account may hold, per room.
+    share_kib: [u64; 2],
+    shares: Box<[AtomicU64]>,
+    keys: RandomState,
+}
+
+struct Room {
     free_kib: AtomicU64,
     waiting: AtomicUsize,
     room: tokio::sync::Notify,
 }
 
+const KNOWN: usize = 0;
+const SHARED: usize = 1;
+/// Counters of the shares: enough that two busy accounts rarely meet.
+const SHARE_SLOTS: usize = 4096;
+
 /// Room held in the budget, given back when dropped.
 pub struct BudgetPermit {
     budget: Arc<Budget>,
+    room: usize,
+    slot: usize,
     kib: u64,
 }
 
 impl Drop for BudgetPermit {
     fn drop(&mut self) {
-        self.budget.free_kib.fetch_add(self.kib, Ordering::SeqCst);
-        if self.budget.waiting.load(Ordering::SeqCst) > 0 {
-            self.budget.room.notify_waiters();
+        self.budget.shares[self.slot].fetch_sub(self.kib, Ordering::SeqCst);
+        let room = &self.budget.rooms[self.room];
+        room.free_kib.fetch_add(self.kib, Ordering::SeqCst);
+        if room.waiting.load(Ordering::SeqCst) > 0 {
+            room.room.notify_waiters();
         }
     }
 }
 
 impl Budget {
-    fn try_take(&self, kib: u64) -> bool {
-        self.free_kib.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |free| free.checked_sub(kib)).is_ok()
+    /// Takes `kib` of `room` within the account's share of `slot`.
+    fn try_take(&self, room: usize, slot: usize, kib: u64) -> bool {
+        let cap = self.share_kib[room];
+        let share = &self.shares[slot];
+        if share.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| (v + kib <= cap).then_some(v + kib)).is_err() {
+            return false;
+        }
+        let free = &self.rooms[room].free_kib;
+        if free.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(kib)).is_err() {
+            share.fetch_sub(kib, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 }
 
@@ -223,34 +278,47 @@ impl Drop for Waiting<'_> {
 }
 
 impl InspectBudget {
-    /// Room for `total_bytes`; a body waits at most `wait` for its share.
+    /// Room for `total_bytes`, half known and half shared; a body waits at
+    /// most `wait` for its room.
     pub fn new(total_bytes: usize, wait: Duration) -> Self {
-        let kib = (total_bytes as u64 / 1024).max(1);
-        let inner =
-            Budget { free_kib: AtomicU64::new(kib), waiting: AtomicUsize::new(0), room: tokio::sync::Notify::new() };
+        let half = (total_bytes as u64 / 2048).max(1);
+        let room = || Room { free_kib: AtomicU64::new(half), waiting: AtomicUsize::new(0), room: Default::default() };
+        let share = (half / 8).max(1);
+        let inner = Budget {
+            rooms: [room(), room()],
+            share_kib: [share, share],
+            shares: (0..SHARE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            keys: RandomState::new(),
+        };
         Self { inner: Arc::new(inner), wait }
     }
 
     /// Reserves what a body may take (its length, or the limit when
-    /// unknown), waiting for room; `None` when there was none in time.
-    async fn reserve(&self, announced: Option<u64>, limit: usize) -> Option<BudgetPermit> {
+    /// unknown) in the account's room and share, waiting for room; `None`
+    /// when there was none in time.
+    async fn reserve(&self, account: &Account<'_>, announced: Option<u64>, limit: usize) -> Option<BudgetPermit> {
         let bytes = announced.map_or(limit as u64, |u| u.min(limit as u64));
         let kib = bytes.div_ceil(1024).max(1);
-        let permit = || BudgetPermit { budget: self.inner.clone(), kib };
-        if self.inner.try_take(kib) {
+        let (room, slot) = match account {
+            Account::Token(state) => (KNOWN, self.slot(Arc::as_ptr(state) as usize)),
+            Account::Client(ip) => (SHARED, self.slot(ip)),
+        };
+        let permit = || BudgetPermit { budget: self.inner.clone(), room, slot, kib };
+        if self.inner.try_take(room, slot, kib) {
             return Some(permit());
         }
         let budget = &self.inner;
+        let r = &budget.rooms[room];
         let wait = async {
             loop {
                 // Registered before looking again, so that room given back
                 // in between is not missed.
-                let notified = budget.room.notified();
+                let notified = r.room.notified();
                 let mut notified = std::pin::pin!(notified);
                 notified.as_mut().enable();
-                budget.waiting.fetch_add(1, Ordering::SeqCst);
-                let _waiting = Waiting(&budget.waiting);
-                if budget.try_take(kib) {
+                r.waiting.fetch_add(1, Ordering::SeqCst);
+                let _waiting = Waiting(&r.waiting);
+                if budget.try_take(room, slot, kib) {
                     return;
                 }
                 notified.await;
@@ -258,33 +326,71 @@ impl InspectBudget {
         };
         tokio::time::timeout(self.wait, wait).await.ok().map(|()| permit())
     }
+
+    fn slot(&self, key: impl Hash) -> usize {
+        (self.inner.keys.hash_one(key) % SHARE_SLOTS as u64) as usize
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
+    }
+
+    fn free(budget: &InspectBudget, room: usize) -> u64 {
+        budget.inner.rooms[room].free_kib.load(Ordering::SeqCst)
+    }
+
     #[test]
     fn a_body_waiting_for_room_gets_it_when_room_is_given_back_and_not_otherwise() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        rt.block_on(async {
-            let budget = InspectBudget::new(4 * 1024, Duration::from_millis(300));
-            let all = budget.reserve(Some(4 * 1024), 4 * 1024).await.expect("the whole budget");
-            // No room, none given back: the wait ends empty.
-            assert!(budget.reserve(Some(1024), 4 * 1024).await.is_none());
-            assert_eq!(budget.inner.waiting.load(Ordering::SeqCst), 0, "a timed-out waiter is still counted");
+        runtime().block_on(async {
+            // 64 KiB: 32 shared, of which one address may hold 4.
+            let budget = InspectBudget::new(64 * 1024, Duration::from_millis(300));
+            let me = Account::Client("192.0.2.1".parse().unwrap());
+            let all = budget.reserve(&me, Some(4 * 1024), 8 * 1024).await.expect("a whole share");
+            // No room in the share, none given back: the wait ends empty.
+            assert!(budget.reserve(&me, Some(1024), 8 * 1024).await.is_none());
+            assert_eq!(budget.inner.rooms[SHARED].waiting.load(Ordering::SeqCst), 0, "a timed-out waiter is counted");
             // Room given back while a body waits: it gets it.
             let give_back = async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 drop(all);
             };
-            let (got, ()) = tokio::join!(budget.reserve(Some(2048), 4 * 1024), give_back);
+            let (got, ()) = tokio::join!(budget.reserve(&me, Some(2048), 8 * 1024), give_back);
             assert_eq!(got.as_ref().map(|p| p.kib), Some(2));
-            let rest = budget.reserve(Some(2048), 4 * 1024).await;
-            assert!(rest.is_some(), "the rest is free");
-            assert!(budget.reserve(Some(1), 4 * 1024).await.is_none(), "and no more");
-            drop((got, rest));
-            assert_eq!(budget.inner.free_kib.load(Ordering::SeqCst), 4, "every KiB came back");
+            drop(got);
+            assert_eq!(free(&budget, SHARED), 32, "every KiB came back");
+        });
+    }
+
+    #[test]
+    fn one_address_or_token_cannot_take_the_room_of_the_others() {
+        runtime().block_on(async {
+            let budget = InspectBudget::new(64 * 1024, Duration::from_millis(50));
+            let attacker = Account::Client("198.51.100.66".parse().unwrap());
+            // The attacker gets its share (4 KiB) and no more...
+            let mut held = Vec::new();
+            while let Some(p) = budget.reserve(&attacker, None, 1024).await {
+                held.push(p);
+                assert!(held.len() <= 4, "one address took more than its share");
+            }
+            assert_eq!(held.len(), 4);
+            // ...while another address and a known token still get room.
+            let other = Account::Client("203.0.113.9".parse().unwrap());
+            assert!(budget.reserve(&other, Some(1024), 1024).await.is_some());
+            let token = Arc::new(TokenState::default());
+            let known = Account::Token(&token);
+            let mut permits = Vec::new();
+            for _ in 0..4 {
+                permits.push(budget.reserve(&known, None, 1024).await.expect("a token's share"));
+            }
+            assert!(budget.reserve(&known, None, 1024).await.is_none(), "a token is held to its share too");
+            assert_eq!(free(&budget, KNOWN), 28);
+            drop((held, permits));
+            assert_eq!((free(&budget, KNOWN), free(&budget, SHARED)), (32, 32));
         });
     }
 }

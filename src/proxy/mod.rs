@@ -4,6 +4,7 @@
 //!
 //! | stage | module | what it does |
 //! | --- | --- | --- |
+//! | 0. framing | [`framing`] | one Host, an origin-form target, one valid Content-Length, no method override |
 //! | 1. inspect the body | [`inspect`] | a form is read whole (it may carry APPTOKEN or ACTION); other bodies stream on |
 //! | 2. gather | [`gather`] | APPTOKEN, ACTION, JSON, the path as Tomcat maps it, the client address |
 //! | 3. decide | [`crate::decide`] | the pure decision of §5, row by row; a grant is final |
@@ -15,9 +16,12 @@
 //! ([`GatewayError`]) at once; a refused request never reaches stage 5.
 
 pub mod count;
+pub mod framing;
 pub mod gather;
 pub mod inspect;
+pub mod limit;
 pub mod pool;
+pub mod rest;
 pub mod rewrite;
 pub mod upstream;
 
@@ -33,15 +37,17 @@ use http_body::Body;
 use http_body_util::{Either, Full};
 use tower_http::BoxError;
 
-use crate::config::{Config, UpstreamToken};
+use crate::config::{Config, DenialStatus, UpstreamToken};
 use crate::decide::client_ip::{PeerAddr, TrustedProxies};
 use crate::decide::decide;
 use crate::denial::GatewayError;
+use crate::percent::Spelled;
 use crate::telemetry::access::{AccessRecord, Logged};
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::reload::TokenStore;
-use inspect::{BodyPlan, InspectBudget, Inspector};
+use inspect::{Account, BodyPlan, InspectBudget, Inspector};
 use pool::UpstreamBody;
+use rest::{NoRestToken, RestSession};
 use upstream::UpstreamClient;
 
 /// What the client gets: the gateway's own answer or the upstream's,
@@ -58,12 +64,28 @@ pub struct GatewayState {
     pub upstream: Arc<UpstreamClient>,
     /// `upstream.apptoken_file`: put upstream in place of the caller's token.
     pub credential: Option<UpstreamToken>,
+    /// The same credential in every spelling, to be kept out of answers.
+    pub credential_in_answers: Option<Spelled>,
     /// The Host header for the upstream, made once.
     pub upstream_host: HeaderValue,
     /// `client_ip.trusted_proxies`.
     pub trusted: TrustedProxies,
     /// Reads the bodies that must be read to decide.
     pub inspector: Inspector,
+    /// `server.denial_status`.
+    pub denial_status: DenialStatus,
+    /// `[upstream.rest]`: the scanner's REST token for REST routes.
+    pub rest: Option<Arc<RestSession>>,
+}
+
+/// How the gateway's own answer to one request is shaped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// `JSON=1` was given: JSON, not XML.
+    pub json: bool,
+    /// A refusal answers 200 (`denial_status = "xmlapi"`, an XMLAPI
+    /// request that names an ACTION).
+    pub refusal_as_200: bool,
 }
 
 impl GatewayState {
@@ -76,12 +98,19 @@ impl GatewayState {
         upstream: UpstreamClient,
     ) -> Result<Self, InvalidHeaderValue> {
         let limits = &cfg.limits;
+        let upstream = Arc::new(upstream);
+        let upstream_host = HeaderValue::from_str(cfg.upstream.authority.as_str())?;
+        let rest = cfg.upstream.rest.clone().map(|rest| {
+            let (cred, host) = (cfg.upstream.apptoken.clone(), upstream_host.clone());
+            Arc::new(RestSession::new(rest, cred, host, upstream.clone(), metrics.clone()))
+        });
         Ok(Self {
             tokens,
             metrics,
-            upstream: Arc::new(upstream),
+            upstream,
             credential: cfg.upstream.apptoken.clone(),
-            upstream_host: HeaderValue::from_str(cfg.upstream.authority.as_str())?,
+            credential_in_answers: cfg.upstream.apptoken.as_ref().and_then(|c| Spelled::new(c.0.as_bytes())),
+            upstream_host,
             trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
             inspector: Inspector {
                 limit: limits.inspect_body_bytes,
@@ -92,6 +121,8 @@ impl GatewayState {
                     limits.body_idle_timeout.min(Duration::from_secs(1)),
                 ),
             },
+            denial_status: cfg.denial_status,
+            rest,
         })
     }
 }
@@ -106,29 +137,54 @@ where
     let start = Instant::now();
     // Stages 1 to 5. Only owned values leave this block: the request's
     // pieces then take no room in the future while it waits upstream.
-    let (upstream_request, record, json) = {
+    let (upstream_request, record, shape, rest) = {
         let (parts, body) = req.into_parts();
 
+        // 0. Framing first: a request that could be read two ways is
+        //    refused before any token is looked up.
+        if let Err(denial) = framing::check(&parts) {
+            gateway.metrics.anonymous_denial(denial.code());
+            let record = AccessRecord::new(start, peer.0.to_canonical(), &parts);
+            return own_answer(
+                denial.into(),
+                record,
+                Shape { json: gather::query_asks_json(&parts), ..Shape::default() },
+            );
+        }
+
         // 1. Inspect the body: a form is read before anything is decided
-        //    (it may hold the APPTOKEN or ACTION that decide the request).
-        let body = match gateway.inspector.plan(&parts.headers, body) {
-            BodyPlan::Ready(body) => body,
-            BodyPlan::ReadForm(form) => match gateway.inspector.read_form(form).await {
-                Ok(body) => body,
-                Err(inspect::NoRoom) => {
-                    let record = AccessRecord::new(start, peer.0.to_canonical(), &parts);
-                    return own_answer(GatewayError::Busy, record, false);
+        //    (it may hold the APPTOKEN or ACTION that decide the request),
+        //    in the room of the token its query names when that token may
+        //    be used from here, else in the room shared by client address.
+        let (body, known_digest) = match gateway.inspector.plan(&parts.headers, body) {
+            BodyPlan::Ready(body) => (body, None),
+            BodyPlan::ReadForm(form) => {
+                let early = gather::before_body(&parts, peer, &gateway.trusted, &gateway.tokens, SystemTime::now());
+                let account = match &early.token {
+                    Some(state) => Account::Token(state),
+                    None => Account::Client(early.client),
+                };
+                match gateway.inspector.read_form(form, account).await {
+                    Ok(body) => (body, early.digest),
+                    Err(inspect::NoRoom) => {
+                        let record = AccessRecord::new(start, early.client, &parts);
+                        return own_answer(GatewayError::Busy, record, Shape { json: early.json, ..Shape::default() });
+                    }
                 }
-            },
+            }
         };
 
         // Stages 2 to 5 take no time and wait for nothing: one table
         // serves the whole decision.
         let now = SystemTime::now();
         // 2. Gather what the request asks.
-        let asked = gather::gather(&parts, body.form(), body.check(), peer, &gateway.trusted, now);
+        let known_digest = known_digest.as_ref().map(|(value, digest)| (&**value, *digest));
+        let asked = gather::gather(&parts, body.form(), body.check(), peer, &gateway.trusted, now, known_digest);
         let client = gather::client_for_log(&asked, peer);
-        let json = gather::json(&asked);
+        let shape = Shape {
+            json: gather::json(&asked),
+            refusal_as_200: gateway.denial_status == DenialStatus::Xmlapi && gather::names_an_action(&asked),
+        };
         let mut record = AccessRecord::new(start, client, &parts);
         record.action = gather::action_for_log(&asked);
 
@@ -140,25 +196,33 @@ where
         record.token = count::count(&verdict, gateway.tokens.states(), &gateway.metrics, client, now);
         let grant = match verdict {
             Ok(grant) => grant,
-            Err(refusal) => return own_answer(refusal.denial.into(), record, json),
+            Err(refusal) => return own_answer(refusal.denial.into(), record, shape),
         };
 
         // 5. Rewrite for the upstream: the path that was matched, the
-        //    client that was allowed.
-        let credential = gateway.credential.as_ref();
+        //    client that was allowed. A REST route with [upstream.rest]
+        //    carries the scanner's REST token (stage 6), not the APPTOKEN.
+        let rest = gateway.rest.clone().filter(|_| !grant.path.is_xmlapi());
+        let credential = if rest.is_some() { None } else { gateway.credential.as_ref() };
         let target = rewrite::upstream_uri(parts.uri.path(), grant.path, parts.uri.query(), credential);
         let Ok(target) = target else {
             tracing::error!("the upstream target could not be built from a granted request");
-            return own_answer(GatewayError::Internal, record, json);
+            return own_answer(GatewayError::Internal, record, shape);
         };
         let forwarded_for = rewrite::forwarded_for(grant.client);
+        let holding_token = rewrite::headers_holding(&parts.headers, grant.apptoken);
         drop(asked);
-        let upstream_request = rewrite::upstream_request(parts, body, target, &gateway.upstream_host, forwarded_for);
-        (upstream_request, record, json)
+        let host = &gateway.upstream_host;
+        let upstream_request = rewrite::upstream_request(parts, body, target, host, forwarded_for, holding_token);
+        (upstream_request, record, shape, rest)
     };
 
     // 6. Forward, and stream the answer back.
-    forward(gateway, upstream_request, record, json).await
+    match rest {
+        None => forward(gateway, upstream_request, record, shape).await,
+        // Boxed: the REST token's renewal is the rare path.
+        Some(rest) => Box::pin(forward_rest(gateway, rest, upstream_request, record, shape)).await,
+    }
 }
 
 /// Sends the rewritten request and hands the answer back, or the gateway's
@@ -166,26 +230,89 @@ where
 fn forward(
     gateway: Arc<GatewayState>,
     request: Request<UpstreamBody>,
-    mut record: AccessRecord,
-    json: bool,
+    record: AccessRecord,
+    shape: Shape,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-    gateway.upstream.send(request).map(move |sent| match sent {
+    gateway.upstream.send(request).map(move |sent| answered(&gateway, sent, record, shape))
+}
+
+/// [`forward`] for a REST route with `[upstream.rest]`: the scanner's REST
+/// token as the bearer; after a 401 the token is renewed, and a request
+/// without a body is sent once more (one with a body was used up).
+async fn forward_rest(
+    gateway: Arc<GatewayState>,
+    rest: Arc<RestSession>,
+    mut request: Request<UpstreamBody>,
+    record: AccessRecord,
+    shape: Shape,
+) -> Response<ResponseBody> {
+    let Ok(token) = rest.token().await else {
+        return no_rest_token(&gateway, record, shape);
+    };
+    let bodiless = matches!(request.body(), Either::Left(full) if full.is_end_stream());
+    let again = bodiless.then(|| {
+        let mut again = Request::new(Either::Left(Full::new(Bytes::new())));
+        *again.method_mut() = request.method().clone();
+        *again.uri_mut() = request.uri().clone();
+        *again.version_mut() = request.version();
+        *again.headers_mut() = request.headers().clone();
+        again
+    });
+    request.headers_mut().insert(http::header::AUTHORIZATION, token.authorization.clone());
+    let sent = gateway.upstream.send(request).await;
+    let refused = matches!(&sent, Ok((resp, _)) if resp.status() == http::StatusCode::UNAUTHORIZED);
+    if !refused {
+        return answered(&gateway, sent, record, shape);
+    }
+    // The scanner no longer takes this token: renew at once (once, however
+    // many requests saw the 401).
+    let renewed = rest.after_401(&token).await;
+    match (again, renewed) {
+        (Some(mut again), Ok(fresh)) => {
+            drop(sent);
+            again.headers_mut().insert(http::header::AUTHORIZATION, fresh.authorization.clone());
+            let sent = gateway.upstream.send(again).await;
+            answered(&gateway, sent, record, shape)
+        }
+        (_, Err(NoRestToken)) => no_rest_token(&gateway, record, shape),
+        (None, Ok(_)) => answered(&gateway, sent, record, shape),
+    }
+}
+
+fn no_rest_token(gateway: &GatewayState, record: AccessRecord, shape: Shape) -> Response<ResponseBody> {
+    let failure = crate::denial::UpstreamFailure::Auth;
+    gateway.metrics.upstream_failure(failure);
+    own_answer(failure.into(), record, shape)
+}
+
+/// The upstream's answer, its headers cleaned, or the gateway's own 502/504.
+fn answered(
+    gateway: &GatewayState,
+    sent: Result<(Response<pool::AnswerBody>, Duration), crate::denial::UpstreamFailure>,
+    mut record: AccessRecord,
+    shape: Shape,
+) -> Response<ResponseBody> {
+    match sent {
         Ok((resp, took)) => {
             gateway.metrics.upstream_latency(took);
             let (mut parts, body) = resp.into_parts();
-            rewrite::downstream_headers(&mut parts.headers, gateway.credential.as_ref());
+            rewrite::downstream_headers(&mut parts.headers, gateway.credential_in_answers.as_ref());
             record.upstream_status = Some(parts.status.as_u16());
             Response::from_parts(parts, Logged::new(Either::Right(body), record))
         }
         Err(failure) => {
             gateway.metrics.upstream_failure(failure);
-            own_answer(failure.into(), record, json)
+            own_answer(failure.into(), record, shape)
         }
-    })
+    }
 }
 
 /// The gateway's own answer, with its access line.
-fn own_answer(error: GatewayError, mut record: AccessRecord, json: bool) -> Response<ResponseBody> {
+fn own_answer(error: GatewayError, mut record: AccessRecord, shape: Shape) -> Response<ResponseBody> {
     record.error = Some(error);
-    error.into_response(json).map(|b| Logged::new(Either::Left(Full::new(b)), record))
+    let mut resp = error.into_response(shape.json);
+    if shape.refusal_as_200 && matches!(error, GatewayError::Denied(_)) {
+        *resp.status_mut() = http::StatusCode::OK;
+    }
+    resp.map(|b| Logged::new(Either::Left(Full::new(b)), record))
 }

@@ -19,39 +19,25 @@ use crate::decide::client_ip::Resolved;
 use crate::decide::params::strip_apptoken;
 use crate::decide::route::CanonicalPath;
 use crate::net::IpText;
+use crate::percent::Spelled;
 
 /// What the rewrite does with a header, by name.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Class {
-    Keep,
     /// Hop-by-hop (RFC 9110 §7.6.1 and the usual legacy ones): never passed on.
     HopByHop,
     /// A request header a client could use to pass itself off as something
     /// it is not (another address, host or scheme), or to carry a session
-    /// that is not the gateway's: the gateway speaks for the client upstream.
+    /// or a credential that is not the gateway's: the gateway speaks for the
+    /// client upstream, with its own credential.
     Impersonating,
     /// An answer's cookie: the upstream's session of the gateway's credential.
     SetCookie,
-    /// An answer header that points the client somewhere, and so may carry
-    /// the query the upstream was sent (a servlet container's redirect does).
-    Pointer,
 }
-
-fn class(name: &HeaderName) -> Class {
-    match DOOMABLE.iter().find(|(d, _)| d == name) {
-        Some((_, class)) => *class,
-        None if POINTERS.contains(name) => Class::Pointer,
-        None => Class::Keep,
-    }
-}
-
-/// Answer headers that may carry the query the upstream was sent.
-const POINTERS: [HeaderName; 4] =
-    [header::LOCATION, header::CONTENT_LOCATION, HeaderName::from_static("refresh"), header::LINK];
 
 /// Every header name the rewrite may remove, with its class, so that
 /// removing them needs no list built per request.
-const DOOMABLE: [(HeaderName, Class); 14] = [
+const DOOMABLE: [(HeaderName, Class); 16] = [
     (header::CONNECTION, Class::HopByHop),
     (HeaderName::from_static("keep-alive"), Class::HopByHop),
     (HeaderName::from_static("proxy-connection"), Class::HopByHop),
@@ -65,7 +51,9 @@ const DOOMABLE: [(HeaderName, Class); 14] = [
     (HeaderName::from_static("x-forwarded-host"), Class::Impersonating),
     (HeaderName::from_static("x-forwarded-proto"), Class::Impersonating),
     (header::COOKIE, Class::Impersonating),
+    (header::AUTHORIZATION, Class::Impersonating),
     (header::SET_COOKIE, Class::SetCookie),
+    (HeaderName::from_static("set-cookie2"), Class::SetCookie),
 ];
 
 /// Removes every header `drop` says so of, and every header the
@@ -103,19 +91,21 @@ fn remove_where(headers: &mut HeaderMap, drop: impl Fn(Class) -> bool) {
 
 /// The request an allowed request becomes upstream: `target` (from
 /// [`upstream_uri`]), the headers rewritten (`forwarded_for` from
-/// [`forwarded_for`]), the body without APPTOKEN.
+/// [`forwarded_for`]; the headers named in `holding_token`, from
+/// [`headers_holding`], dropped), the body without APPTOKEN.
 pub fn upstream_request<B>(
     mut parts: Parts,
     body: InspectedBody<B>,
     target: Uri,
     host: &HeaderValue,
     forwarded_for: HeaderValue,
+    holding_token: Vec<HeaderName>,
 ) -> Request<UpstreamBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    upstream_headers(&mut parts.headers, host, forwarded_for, body.is_rebuilt());
+    upstream_headers(&mut parts.headers, host, forwarded_for, body.is_rebuilt(), holding_token);
     parts.uri = target;
     parts.version = UPSTREAM_VERSION;
     Request::from_parts(parts, body.into_upstream())
@@ -172,40 +162,69 @@ pub fn upstream_uri(
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Rewrites the request headers in place for the upstream.
-pub fn upstream_headers(headers: &mut HeaderMap, host: &HeaderValue, forwarded_for: HeaderValue, body_rebuilt: bool) {
+/// Rewrites the request headers in place for the upstream: hop-by-hop and
+/// impersonating headers out (`Authorization` among them), the headers
+/// that hold the caller's token out (`holding_token`, from
+/// [`headers_holding`]), then the gateway's own `Host` and
+/// `X-Forwarded-For`.
+pub fn upstream_headers(
+    headers: &mut HeaderMap,
+    host: &HeaderValue,
+    forwarded_for: HeaderValue,
+    body_rebuilt: bool,
+    holding_token: Vec<HeaderName>,
+) {
     remove_where(headers, |c| matches!(c, Class::HopByHop | Class::Impersonating));
     if body_rebuilt {
         // The client sets the length of the rebuilt body.
         headers.remove(header::CONTENT_LENGTH);
     }
+    for name in holding_token {
+        headers.remove(name);
+    }
     headers.insert(header::HOST, host.clone());
     headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for);
 }
 
+/// The names of the headers that hold the caller's `token` in any
+/// spelling (a `Referer` that quotes the caller's URL, say: the scanner's
+/// access log writes it); each is dropped whole, every value of its name.
+/// A header shorter than the token cannot hold it, and a usual request's
+/// headers all are: then nothing is searched and nothing allocated.
+pub fn headers_holding(headers: &HeaderMap, token: &[u8]) -> Vec<HeaderName> {
+    if token.is_empty() || !headers.values().any(|v| v.len() >= token.len()) {
+        return Vec::new();
+    }
+    let Some(spelled) = Spelled::new(token) else { return Vec::new() };
+    let mut holding: Vec<HeaderName> =
+        headers.iter().filter(|(_, v)| spelled.is_in(v.as_bytes())).map(|(k, _)| k.clone()).collect();
+    holding.dedup();
+    holding
+}
+
 /// Rewrites the upstream's answer headers in place for the client: no
-/// hop-by-hop headers, no session cookie of the upstream credential, and the
-/// credential itself not in a redirect.
-pub fn downstream_headers(headers: &mut HeaderMap, credential: Option<&UpstreamToken>) {
+/// hop-by-hop headers, no session cookie of the upstream credential
+/// (`Set-Cookie`, `Set-Cookie2`), and the credential itself, in any
+/// spelling (letter case, percent-encoded wholly or in part) and in any
+/// header, written over as `REDACTED` (a servlet container's redirect
+/// copies the query it was sent); a header that cannot be written over is
+/// dropped.
+pub fn downstream_headers(headers: &mut HeaderMap, credential: Option<&Spelled>) {
     remove_where(headers, |c| matches!(c, Class::HopByHop | Class::SetCookie));
-    let Some(secret) = credential.map(|c| c.0.as_str()).filter(|s| !s.is_empty()) else { return };
-    let carries = |v: &HeaderValue| v.as_bytes().windows(secret.len()).any(|w| w == secret.as_bytes());
-    let mut pointers: Vec<HeaderName> =
-        headers.iter().filter(|(k, v)| class(k) == Class::Pointer && carries(v)).map(|(k, _)| k.clone()).collect();
-    // A name's values come one after another.
-    pointers.dedup();
-    for name in pointers {
-        let scrubbed: Vec<HeaderValue> = headers
-            .get_all(&name)
-            .iter()
-            .map(|v| {
-                let text = String::from_utf8_lossy(v.as_bytes()).replace(secret, "REDACTED");
-                HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("REDACTED"))
-            })
-            .collect();
+    let Some(secret) = credential else { return };
+    let holding: Vec<HeaderName> =
+        headers.iter().filter(|(_, v)| secret.is_in(v.as_bytes())).map(|(k, _)| k.clone()).collect();
+    for name in holding {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
         headers.remove(&name);
-        for v in scrubbed {
-            headers.append(name.clone(), v);
+        for v in values {
+            let scrubbed = match secret.replaced(v.as_bytes(), b"REDACTED") {
+                Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
+                None => Some(v),
+            };
+            if let Some(v) = scrubbed {
+                headers.append(name.clone(), v);
+            }
         }
     }
 }
@@ -258,7 +277,7 @@ mod tests {
         h.insert("keep-alive", "timeout=20".parse().unwrap());
         h.insert("x-up", "1".parse().unwrap());
         h.insert("trailer", "x-checksum".parse().unwrap());
-        downstream_headers(&mut h, Some(&UpstreamToken("SECRET".into())));
+        downstream_headers(&mut h, Spelled::new(b"SECRET").as_ref());
         assert_eq!(h["location"], "https://scanner/opi/?APPTOKEN=REDACTED&x=1");
         assert!(h.get("set-cookie").is_none());
         assert_eq!(h["content-type"], "text/xml");
@@ -283,7 +302,7 @@ mod tests {
         h.insert("x-real-ip", "6.6.6.6".parse().unwrap());
         h.insert("cookie", "JSESSIONID=1".parse().unwrap());
         let r = Resolved { client: ClientIp("192.0.2.1".parse().unwrap()), hops: vec!["10.0.0.1".parse().unwrap()] };
-        upstream_headers(&mut h, &HeaderValue::from_static("scanner"), forwarded_for(&r), true);
+        upstream_headers(&mut h, &HeaderValue::from_static("scanner"), forwarded_for(&r), true, Vec::new());
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
         assert_eq!(h["host"], "scanner");

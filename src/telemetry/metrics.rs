@@ -20,16 +20,76 @@ use strum::{EnumCount, IntoEnumIterator};
 use crate::denial::{DenialCode, UpstreamFailure};
 use crate::tokens::state::{unix_ms, Decision, StateRegistry};
 
-/// Upper bounds of the upstream latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
+/// The upper bounds of a histogram's buckets, in seconds.
+trait Bounds {
+    const BOUNDS: &'static [f64];
+}
+
+/// Upstream answers: up to `upstream.timeout`'s default of 120 s.
+#[derive(Debug)]
+struct UpstreamBounds;
+impl Bounds for UpstreamBounds {
+    const BOUNDS: &'static [f64] =
+        &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
+}
+
+/// The rate-limit store's calls, cut off at `limits.shared.timeout` (50 ms
+/// by default).
+#[derive(Debug)]
+struct StoreBounds;
+impl Bounds for StoreBounds {
+    const BOUNDS: &'static [f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
+}
+
+/// A histogram of durations, in atomics: one per bucket and the sum.
+#[derive(Debug)]
+struct Histogram<B> {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    sum_us: AtomicU64,
+    _bounds: std::marker::PhantomData<B>,
+}
+
+impl<B: Bounds> Default for Histogram<B> {
+    fn default() -> Self {
+        let bounds = B::BOUNDS;
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self { bounds, counts, sum_us: AtomicU64::new(0), _bounds: std::marker::PhantomData }
+    }
+}
+
+impl<B> Histogram<B> {
+    fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = self.bounds.iter().position(|&b| s <= b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn encode(&self, enc: &mut DescriptorEncoder, name: &str, help: &str) -> Result<(), std::fmt::Error> {
+        // The encoder accumulates the buckets itself and prints f64::MAX
+        // as +Inf: hand it the count of each bucket alone.
+        let mut count = 0;
+        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
+        for (i, bound) in self.bounds.iter().chain(std::iter::once(&f64::MAX)).enumerate() {
+            let n = self.counts[i].load(Ordering::Relaxed);
+            count += n;
+            buckets.push((*bound, n));
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let mut e = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+}
 
 /// Every counter the gateway keeps outside the per-token state.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Refusals before a token was found (missing, unknown, ambiguous), by code.
     anonymous: [AtomicU64; DenialCode::COUNT],
-    latency_buckets: [AtomicU64; BUCKETS.len() + 1],
-    latency_sum_us: AtomicU64,
+    upstream_latency: Histogram<UpstreamBounds>,
+    store_latency: Histogram<StoreBounds>,
+    store_errors: AtomicU64,
     upstream_failures: [AtomicU64; UpstreamFailure::COUNT],
     reload_success: AtomicU64,
     reload_failure: AtomicU64,
@@ -37,6 +97,7 @@ pub struct Metrics {
     last_good_load_ms: AtomicU64,
     tokens_loaded: AtomicU64,
     upstream_ready: AtomicBool,
+    rest_renewals: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -47,10 +108,7 @@ impl Metrics {
 
     /// Records the time the upstream took to begin its answer.
     pub fn upstream_latency(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|&b| s <= b).unwrap_or(BUCKETS.len());
-        self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.upstream_latency.observe(d);
         self.upstream_ready.store(true, Ordering::Relaxed);
     }
 
@@ -75,6 +133,20 @@ impl Metrics {
         self.tokens_loaded.store(tokens as u64, Ordering::Relaxed);
         let ms = unix_ms(SystemTime::now());
         self.last_good_load_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Records one call to the shared rate-limit store and whether it failed
+    /// (an error or no answer within its timeout).
+    pub fn store_call(&self, took: Duration, failed: bool) {
+        self.store_latency.observe(took);
+        if failed {
+            self.store_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one attempt to obtain the scanner's REST token.
+    pub fn rest_renewal(&self, succeeded: bool) {
+        self.rest_renewals[usize::from(!succeeded)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an invalid file; the last good table kept serving.
@@ -149,24 +221,25 @@ impl Collector for Scrape {
                 ConstCounter::new(n).encode(fam.encode_family(&[("kind", kind.label())])?)?;
             }
         }
+        m.upstream_latency.encode(
+            &mut enc,
+            "tokengate_upstream_duration_seconds",
+            "Time from sending a request upstream until its answer began.",
+        )?;
+        m.store_latency.encode(
+            &mut enc,
+            "tokengate_rate_limit_store_seconds",
+            "Time of each call to the shared rate-limit store ([limits.shared]), cut off at its timeout.",
+        )?;
         {
-            // The encoder accumulates the buckets itself and prints f64::MAX
-            // as +Inf: hand it the count of each bucket alone.
-            let mut count = 0;
-            let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
-            for (i, bound) in BUCKETS.iter().chain(std::iter::once(&f64::MAX)).enumerate() {
-                let n = m.latency_buckets[i].load(Ordering::Relaxed);
-                count += n;
-                buckets.push((*bound, n));
-            }
-            let sum = m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-            let mut e = enc.encode_descriptor(
-                "tokengate_upstream_duration_seconds",
-                "Time from sending a request upstream until its answer began.",
+            let errors = ConstCounter::new(m.store_errors.load(Ordering::Relaxed));
+            let e = enc.encode_descriptor(
+                "tokengate_rate_limit_store_errors",
+                "Calls to the shared rate-limit store that failed or timed out (on_error applied).",
                 None,
-                MetricType::Histogram,
+                errors.metric_type(),
             )?;
-            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+            errors.encode(e)?;
         }
         {
             let mut fam =
@@ -184,6 +257,18 @@ impl Collector for Scrape {
                 failed.metric_type(),
             )?;
             failed.encode(e)?;
+        }
+        {
+            let mut fam = enc.encode_descriptor(
+                "tokengate_rest_token_renewals",
+                "Attempts to obtain the scanner's REST token ([upstream.rest]), by outcome.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, outcome) in ["success", "failure"].into_iter().enumerate() {
+                let n = m.rest_renewals[i].load(Ordering::Relaxed);
+                ConstCounter::new(n).encode(fam.encode_family(&[("outcome", outcome)])?)?;
+            }
         }
         {
             let dropped = ConstCounter::new(crate::telemetry::log::DROPPED_LINES.load(Ordering::Relaxed));

@@ -383,8 +383,16 @@ impl Echo {
             // Unreadable: take it as the worst.
             _ => Some("(unreadable X-Echo-Action)".into()),
         };
+        // The gateway writes the upstream credential over in every answer
+        // header (interface.md §6), so Tomcat's echo of it comes back as
+        // REDACTED; any other value (the caller's token, say) is not
+        // written over and stays a leak.
+        let seen = |e: &Value| match e.as_str().unwrap_or("") {
+            "REDACTED" => harness::UPSTREAM_TOKEN.to_string(),
+            other => other.to_string(),
+        };
         let apptokens = match json("X-Echo-Apptoken") {
-            Some(Value::Array(a)) => Some(a.iter().map(|e| e.as_str().unwrap_or("").to_string()).collect()),
+            Some(Value::Array(a)) => Some(a.iter().map(seen).collect()),
             Some(Value::Null) => None,
             _ => Some(vec!["(unreadable X-Echo-Apptoken)".into()]),
         };

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub use client::{request, Response};
-pub use upstream::{MockUpstream, Recorded, Reply, OK_BODY};
+pub use upstream::{MockUpstream, Recorded, Reply, RestScanner, OK_BODY};
 
 /// The credential the gateway is configured to put upstream.
 pub const UPSTREAM_TOKEN: &str = "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF";
@@ -157,6 +157,7 @@ pub struct GatewayBuilder {
     tokens_path: Option<PathBuf>,
     upstream_extra: String,
     tokens_extra: String,
+    server_extra: String,
     one_cpu: bool,
 }
 
@@ -171,6 +172,12 @@ impl GatewayBuilder {
     /// it then runs its single-threaded scheduler.
     pub fn one_cpu(mut self) -> Self {
         self.one_cpu = true;
+        self
+    }
+    /// Extra lines inside `[server]`.
+    pub fn extra_server(mut self, lines: &str) -> Self {
+        self.server_extra.push_str(lines);
+        self.server_extra.push('\n');
         self
     }
     /// Extra lines inside `[upstream]`.
@@ -212,9 +219,9 @@ impl GatewayBuilder {
         std::fs::write(dir.path().join("upstream.token"), format!("{UPSTREAM_TOKEN}\n")).unwrap();
         let apptoken = if self.apptoken { "apptoken_file = \"upstream.token\"\n" } else { "" };
         let mut cfg = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{}\"\n{apptoken}{}timeout = \"{}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream]\nurl = \"{}\"\n{apptoken}{}timeout = \"{}\"\n\n\
              [tokens]\nfile = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
-            self.upstream, self.upstream_extra, self.timeout, tokens_file, self.tokens_extra
+            self.server_extra, self.upstream, self.upstream_extra, self.timeout, tokens_file, self.tokens_extra
         );
         cfg.push_str(&self.extra);
         if !self.extra.contains("[client_ip]") {
@@ -245,6 +252,7 @@ impl Gateway {
             tokens_path: None,
             upstream_extra: String::new(),
             tokens_extra: String::new(),
+            server_extra: String::new(),
             one_cpu: false,
         }
     }

@@ -50,6 +50,114 @@ pub enum Reply {
     /// 302 to the same path with a slash, carrying the query it was sent (as
     /// a servlet container's context-root redirect does), and a session cookie.
     Redirect,
+    /// 200 with these extra answer headers.
+    Headers(Vec<(&'static str, String)>),
+    /// The scanner's REST API and its logins, as [`RestScanner`] keeps them.
+    Rest(Arc<RestScanner>),
+}
+
+/// A scanner's REST side: `POST /opi/rest/auth/login` (form fields
+/// `username`, `password`; the body of the answer is the token), the
+/// XMLAPI's `GETRESTTOKEN` (with the right APPTOKEN; `{"success": true,
+/// "data": <token>}`), and REST routes that take only a bearer it issued,
+/// not revoked and younger than its lifetime (401 otherwise).
+pub struct RestScanner {
+    pub username: &'static str,
+    pub password: &'static str,
+    pub apptoken: String,
+    state: Mutex<RestState>,
+}
+
+#[derive(Default)]
+struct RestState {
+    issued: Vec<(String, std::time::Instant)>,
+    revoked_before: usize,
+    logins: usize,
+    failing: bool,
+    lifetime: Option<Duration>,
+    delay: Duration,
+}
+
+impl RestScanner {
+    pub fn new(username: &'static str, password: &'static str, apptoken: &str) -> Arc<Self> {
+        Arc::new(Self { username, password, apptoken: apptoken.to_string(), state: Mutex::new(RestState::default()) })
+    }
+    /// Logins (of either kind) answered so far, good or bad.
+    pub fn logins(&self) -> usize {
+        self.state.lock().unwrap().logins
+    }
+    /// Every token issued so far stops working (as after a restart).
+    pub fn revoke_all(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.revoked_before = s.issued.len();
+    }
+    /// Refuse every login from now on (or not).
+    pub fn set_failing(&self, failing: bool) {
+        self.state.lock().unwrap().failing = failing;
+    }
+    /// Tokens expire this long after they were issued.
+    pub fn set_lifetime(&self, d: Duration) {
+        self.state.lock().unwrap().lifetime = Some(d);
+    }
+    /// Each login takes this long to answer.
+    pub fn set_login_delay(&self, d: Duration) {
+        self.state.lock().unwrap().delay = d;
+    }
+
+    fn issue(&self) -> Option<String> {
+        let mut s = self.state.lock().unwrap();
+        s.logins += 1;
+        if s.failing {
+            return None;
+        }
+        let t = format!("rest-{}", s.issued.len() + 1);
+        s.issued.push((t.clone(), std::time::Instant::now()));
+        Some(t)
+    }
+
+    fn valid(&self, bearer: &str) -> bool {
+        let s = self.state.lock().unwrap();
+        s.issued
+            .iter()
+            .enumerate()
+            .any(|(i, (t, at))| t == bearer && i >= s.revoked_before && s.lifetime.is_none_or(|l| at.elapsed() < l))
+    }
+
+    async fn answer(&self, parts: &http::request::Parts, body: &[u8]) -> Response<Body> {
+        let delay = self.state.lock().unwrap().delay;
+        let query = parts.uri.query().unwrap_or("");
+        let form =
+            |text: &str, key: &str| text.split('&').find_map(|p| p.strip_prefix(&format!("{key}=")).map(form_decode));
+        if parts.uri.path() == "/opi/rest/auth/login" {
+            let text = String::from_utf8_lossy(body).into_owned();
+            let ok = parts.method == http::Method::POST
+                && form(&text, "username").as_deref() == Some(self.username)
+                && form(&text, "password").as_deref() == Some(self.password);
+            tokio::time::sleep(delay).await;
+            return match ok.then(|| self.issue()).flatten() {
+                Some(t) => xml_owned(200, t),
+                None => xml(401, "bad credentials"),
+            };
+        }
+        if parts.uri.path() == "/opi/XMLAPI" && query.contains("ACTION=GETRESTTOKEN") {
+            let ok = form(query, "APPTOKEN").as_deref() == Some(self.apptoken.as_str()) && query.contains("JSON=1");
+            tokio::time::sleep(delay).await;
+            return match ok.then(|| self.issue()).flatten() {
+                Some(t) => xml_owned(200, serde_json::json!({"success": true, "data": t}).to_string()),
+                None => xml_owned(200, r#"{"success":false,"data":{"errorMessage":"no"}}"#.to_string()),
+            };
+        }
+        if !parts.uri.path().starts_with("/opi/rest/") {
+            // The XMLAPI and anything else: as the plain mock answers.
+            return xml(200, OK_BODY);
+        }
+        let bearer =
+            parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match bearer {
+            Some(b) if self.valid(b) => xml(200, OK_BODY),
+            _ => xml(401, "unauthorized"),
+        }
+    }
 }
 
 pub const OK_BODY: &str = "<?xml version=\"1.0\"?><RESPONSE><SUCCESS>true</SUCCESS></RESPONSE>";
@@ -181,7 +289,7 @@ async fn handle(
         .collect();
     // The gateway's readiness probe is not a request under test.
     if parts.headers.get("user-agent").is_none_or(|v| v != "tokengate-readiness-probe") {
-        seen.lock().unwrap().push(Recorded { method: parts.method.to_string(), target, headers, body });
+        seen.lock().unwrap().push(Recorded { method: parts.method.to_string(), target, headers, body: body.clone() });
     }
     let r = reply.lock().unwrap().clone();
     let redirect_to = format!("{}/?{}", parts.uri.path(), parts.uri.query().unwrap_or(""));
@@ -192,6 +300,14 @@ async fn handle(
             let mut resp = xml(302, "");
             resp.headers_mut().insert("location", redirect_to.parse().unwrap());
             resp.headers_mut().insert("set-cookie", "JSESSIONID=upstream-session; Path=/opi".parse().unwrap());
+            resp
+        }
+        Reply::Rest(scanner) => scanner.answer(&parts, &body).await,
+        Reply::Headers(extra) => {
+            let mut resp = xml(200, OK_BODY);
+            for (k, v) in extra {
+                resp.headers_mut().append(k, v.parse().unwrap());
+            }
             resp
         }
         Reply::Delay(d) => {
@@ -213,6 +329,31 @@ async fn handle(
         }
     };
     Ok(resp)
+}
+
+/// A form value decoded (`+` is a space, `%XX` a byte).
+fn form_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap_or(b'?'));
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn xml_owned(code: u16, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+    resp
 }
 
 fn xml(code: u16, body: &'static str) -> Response<Body> {
