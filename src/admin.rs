@@ -79,8 +79,12 @@ pub async fn handle<B>(admin: Arc<Admin>, req: Request<B>) -> Result<Response<Ad
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
-            // A table is loaded from start on; the upstream must have answered.
-            if shared.metrics.upstream_ready() {
+            // A table is loaded from start on; the upstream must have answered,
+            // and the token file must be readable (a revocation written to a
+            // file the gateway cannot read would never apply).
+            if let Some(why) = shared.tokens.read_failure() {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("the token file cannot be read: {why}\n"))
+            } else if shared.metrics.upstream_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "the upstream has not answered yet\n".into())
@@ -262,8 +266,18 @@ struct TokenView<'a> {
     expires: Option<Rfc3339>,
     ip_restriction: Shown<'a>,
     last_use: Option<Rfc3339>,
+    /// Each secret's last use by position in `token_sha256` (0 the newest),
+    /// so an old one can be seen going quiet after a rotation.
+    secrets: Vec<SecretView>,
     last_client_ip: Option<IpAddr>,
     requests: Counts<'a>,
+}
+
+/// One secret of a token: its position, never its digest.
+#[derive(serde::Serialize)]
+struct SecretView {
+    position: usize,
+    last_use: Option<Rfc3339>,
 }
 
 impl<'a> TokenView<'a> {
@@ -275,6 +289,14 @@ impl<'a> TokenView<'a> {
             expires: t.expires().map(Rfc3339),
             ip_restriction: Shown(t.ip_restriction().nets()),
             last_use: state.and_then(TokenState::last_use).map(Rfc3339),
+            secrets: match state {
+                Some(state) => t
+                    .secret_last_uses(state)
+                    .into_iter()
+                    .map(|(position, last)| SecretView { position, last_use: last.map(Rfc3339) })
+                    .collect(),
+                None => (0..t.secrets()).map(|position| SecretView { position, last_use: None }).collect(),
+            },
             last_client_ip: state.and_then(TokenState::last_ip),
             requests: Counts(state),
         }

@@ -4,7 +4,6 @@
 //! resolve against the config file's folder.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,7 +55,12 @@ struct RawRest {
 #[serde(deny_unknown_fields)]
 struct RawTokens {
     file: Spanned<String>,
+    max_file_bytes: Option<Spanned<i64>>,
 }
+
+/// Default of `tokens.max_file_bytes` (interface.md §3): 512 MiB, well
+/// above a million tokens (about 200 MB).
+pub const DEFAULT_MAX_TOKEN_FILE_BYTES: u64 = 512 << 20;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -270,6 +274,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// The token file, resolved.
     pub tokens_file: PathBuf,
+    /// `tokens.max_file_bytes`: a larger token file is refused unread.
+    pub tokens_max_file_bytes: u64,
     /// CIDRs whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// `[limits]`.
@@ -369,15 +375,22 @@ impl Config {
                     {
                         Some(UpstreamToken(s.trim().to_string()))
                     }
+                    // Neither message quotes the path: a credential pasted
+                    // where the path belongs would be echoed to the terminal
+                    // and the logs.
                     Ok(_) => {
                         src.error(
                             Some(f.span()),
-                            format!("{} must hold one token and nothing else (letters, digits, - . _ ~)", p.display()),
+                            "the file named by `apptoken_file` must hold one token and nothing else \
+                             (letters, digits, - . _ ~)",
                         );
                         None
                     }
                     Err(e) => {
-                        src.error(Some(f.span()), format!("cannot read {}: {e}", p.display()));
+                        src.error(
+                            Some(f.span()),
+                            format!("cannot read the file named by `apptoken_file` (the path is not shown): {e}"),
+                        );
                         None
                     }
                 }
@@ -443,6 +456,9 @@ impl Config {
             }
         };
 
+        let d = DEFAULT_MAX_TOKEN_FILE_BYTES as usize;
+        let tokens_max_file_bytes =
+            tokens.as_ref().map_or(d, |t| count(t.max_file_bytes.as_ref(), d, 1, &mut src)) as u64;
         let tokens_file = tokens.map(|t| resolve(t.file.get_ref()));
         match (src.has_errors(), listen, upstream, tokens_file, admin_listen) {
             (false, Some(listen), Some(upstream), Some(tokens_file), Some(admin_listen)) => Ok(Config {
@@ -451,6 +467,7 @@ impl Config {
                 tls,
                 upstream,
                 tokens_file,
+                tokens_max_file_bytes,
                 trusted_proxies,
                 limits,
                 admin_listen,
@@ -580,22 +597,30 @@ fn host_name(s: &Spanned<String>, src: &mut Source<'_>) -> Option<String> {
     None
 }
 
+/// `upstream.url`. Errors never quote it: a URL with `user:password@` or a
+/// query may carry a credential.
 fn upstream_url(s: &Spanned<String>, src: &mut Source<'_>) -> Option<(Scheme, Authority)> {
-    let err = |src: &mut Source<'_>, span: Range<usize>, why: &str| {
-        src.error(Some(span), format!("upstream url {:?}: {why}", s.get_ref()));
+    let err = |src: &mut Source<'_>, why: &str| {
+        src.error(Some(s.span()), format!("`upstream.url` {why} (the value is not shown)"));
         None
     };
     let Ok(uri) = s.get_ref().parse::<http::Uri>() else {
-        return err(src, s.span(), "not a URL");
+        return err(src, "is not a URL: it must be scheme://host[:port]");
     };
     let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-        return err(src, s.span(), "must be scheme://host[:port]");
+        return err(src, "must be scheme://host[:port]");
     };
     if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
-        return err(src, s.span(), "the scheme must be http or https");
+        return err(src, "must use the scheme http or https");
     }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || authority.as_str().contains('@') {
-        return err(src, s.span(), "must be scheme://host[:port], with no path, query or user");
+    if authority.as_str().contains('@') {
+        return err(src, "must not hold a user or password (user:password@): the gateway sends its own credential");
+    }
+    if uri.query().is_some() {
+        return err(src, "must not have a query: scheme://host[:port] only");
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return err(src, "must not have a path: scheme://host[:port] only");
     }
     Some((scheme.clone(), authority.clone()))
 }
@@ -654,7 +679,7 @@ mod tests {
         .unwrap_err();
         let want = [
             "/etc/tg/gateway.toml:2:10: \"nope\" is not host:port",
-            "/etc/tg/gateway.toml:4:7: upstream url \"ftp://x\": the scheme must be http or https",
+            "/etc/tg/gateway.toml:4:7: `upstream.url` must use the scheme http or https",
             "/etc/tg/gateway.toml:5:11: \"soon\" is not a duration",
             "/etc/tg/gateway.toml:8:1: unknown field `extra`",
             "/etc/tg/gateway.toml:10:20: \"10.0.0.0/40\" is not an IP address or CIDR",
@@ -666,6 +691,50 @@ mod tests {
         for (got, want) in errs.iter().zip(want) {
             assert!(got.starts_with(want), "got {got:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn errors_about_secrets_say_where_and_what_not_the_value() {
+        let base = |upstream: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\n[upstream]\n{upstream}\n[tokens]\nfile = \"t.toml\"\n\
+                 [admin]\nlisten = \"127.0.0.1:9090\"\n"
+            )
+        };
+        let secret = "S3CRETs3cretS3CRET";
+        for (upstream, want) in [
+            (format!("url = \"https://admin:{secret}@hiab.example\""), "4:7: `upstream.url` must not hold a user"),
+            (format!("url = \"https://hiab.example/?APPTOKEN={secret}\""), "4:7: `upstream.url` must not have a query"),
+            (format!("url = \"https://hiab.example/{secret}\""), "4:7: `upstream.url` must not have a path"),
+            (format!("url = \"{secret}\""), "4:7: `upstream.url` must be scheme://host[:port]"),
+            (
+                format!("url = \"https://hiab.example\"\napptoken_file = \"{secret}\""),
+                "5:17: cannot read the file named by `apptoken_file`",
+            ),
+        ] {
+            let errs = parse(&base(&upstream)).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with(&format!("/etc/tg/gateway.toml:{want}")), "{errs:?}");
+            assert!(!errs[0].contains(secret), "{errs:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_max_file_bytes_is_a_positive_count() {
+        let cfg = |tokens: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\n[upstream]\nurl = \"https://h\"\n[tokens]\n{tokens}\n\
+                 [admin]\nlisten = \"127.0.0.1:9090\"\n"
+            )
+        };
+        assert_eq!(parse(&cfg("file = \"t.toml\"")).unwrap().tokens_max_file_bytes, 536_870_912);
+        assert_eq!(parse(&cfg("file = \"t.toml\"\nmax_file_bytes = 4096")).unwrap().tokens_max_file_bytes, 4096);
+        for bad in ["0", "-1"] {
+            let errs = parse(&cfg(&format!("file = \"t.toml\"\nmax_file_bytes = {bad}"))).unwrap_err();
+            assert_eq!(errs, ["/etc/tg/gateway.toml:7:18: must be a whole number of at least 1"], "{bad}");
+        }
+        let errs = parse(&cfg("file = \"t.toml\"\nmax_file_bytes = \"1MB\"")).unwrap_err();
+        assert!(errs[0].starts_with("/etc/tg/gateway.toml:7:18: invalid type"), "{errs:?}");
     }
 
     #[test]

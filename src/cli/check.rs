@@ -27,7 +27,7 @@ pub fn check(config: &Path) -> i32 {
         eprintln!("{}: {e}", config.display());
         files_ok = false;
     }
-    match file::load(&cfg.tokens_file) {
+    match file::load(&cfg.tokens_file, cfg.tokens_max_file_bytes) {
         Ok(_) if !files_ok => 1,
         Ok(loaded) => {
             for w in &loaded.warnings {

@@ -32,7 +32,7 @@ enum Command {
         #[arg(short, long, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
-    /// Make, hash and list tokens.
+    /// Make, rotate, hash and list tokens.
     #[command(subcommand)]
     Token(TokenCommand),
 }
@@ -57,6 +57,16 @@ enum TokenCommand {
         #[arg(short, long, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Add a new random secret in front of a token's token_sha256 and print it
+    /// once; the old secrets keep working until their digests are removed.
+    Rotate {
+        /// The token's name.
+        #[arg(long)]
+        name: String,
+        /// The gateway config (names the token file).
+        #[arg(short, long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
     /// Read a token on stdin and print its token_sha256.
     Hash,
     /// The tokens as a table; never a secret or a digest.
@@ -75,6 +85,7 @@ impl Cli {
             Command::Check { config } => check::check(&config),
             Command::Token(TokenCommand::Hash) => token::hash(),
             Command::Token(TokenCommand::List { config }) => token::list(&config),
+            Command::Token(TokenCommand::Rotate { name, config }) => token::rotate(&config, &name),
             Command::Token(TokenCommand::New { name, access_right, ips, expires, config }) => token::new(
                 &config,
                 &token::NewTokenRequest {

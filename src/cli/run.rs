@@ -16,7 +16,7 @@ use crate::proxy::upstream::{UpstreamClient, UpstreamSetupError};
 use crate::proxy::GatewayState;
 use crate::server::tls::{CertStore, TlsSetupError};
 use crate::telemetry::metrics::Metrics;
-use crate::tokens::reload::{self, TokenStore};
+use crate::tokens::reload::{self, Reloaded, TokenStore};
 use crate::{admin, server, stack, telemetry};
 
 /// Why the gateway did not start. Each is printed, and `run` exits 1.
@@ -87,7 +87,8 @@ fn start_and_serve(config: &Path) -> Result<(), StartError> {
 
 async fn serve(cfg: Config, scheduler: &'static str) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
-    let (tokens, warnings) = TokenStore::open(&cfg.tokens_file).map_err(StartError::Tokens)?;
+    let (tokens, warnings) =
+        TokenStore::open(&cfg.tokens_file, cfg.tokens_max_file_bytes).map_err(StartError::Tokens)?;
     metrics.reload_succeeded(tokens.current().len());
     for w in warnings {
         tracing::warn!(warning = %w, "token file");
@@ -135,8 +136,12 @@ async fn serve(cfg: Config, scheduler: &'static str) -> Result<(), StartError> {
     // Each reload's outcome is counted here: the token store knows no metrics.
     let reload_metrics = shared.metrics.clone();
     tokio::spawn(reload::follow(shared.tokens.clone(), hup, move |outcome| match outcome {
-        Ok(tokens) => reload_metrics.reload_succeeded(*tokens),
-        Err(_) => reload_metrics.reload_failed(),
+        Reloaded::Applied(tokens) => reload_metrics.reload_succeeded(*tokens),
+        Reloaded::Invalid(_) => reload_metrics.reload_failed(),
+        Reloaded::Unreadable(_) => {
+            reload_metrics.reload_failed();
+            reload_metrics.token_file_read_failed();
+        }
     }));
     if let Some(certs) = certs {
         let tls_metrics = shared.metrics.clone();

@@ -1,17 +1,19 @@
-//! `tokengate token new|hash|list` (interface.md §2): make a token and add
-//! its digest to the token file without disturbing the rest of the file,
-//! hash a token, list the tokens. Never prints a digest; prints a new token
-//! exactly once.
+//! `tokengate token new|rotate|hash|list` (interface.md §2): make a token,
+//! or a new secret for one, and add its digest to the token file without
+//! disturbing the rest of the file; hash a token; list the tokens. Never
+//! prints a digest; prints a new secret exactly once.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use rand::TryRngCore;
-use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
+use toml_edit::{value, Array, ArrayOfTables, DocumentMut, ImDocument, Item, Table, Value};
 
 use crate::config::Config;
 use crate::net::parse_cidr;
-use crate::tokens::file::{self, parse_rfc3339};
+use crate::tokens::edit::{self, EditError};
+use crate::tokens::file::{self, parse_rfc3339, shown};
+use crate::tokens::state::MAX_SECRETS;
 use crate::tokens::table::{Token, TokenHash};
 
 /// `token hash`: a token on stdin, its `token_sha256` on stdout.
@@ -30,12 +32,13 @@ pub fn hash() -> i32 {
     0
 }
 
-/// `token list`: one row per token; never a secret or a digest.
+/// `token list`: one row per token; never a secret or a digest, never a
+/// control character as it is.
 pub fn list(config: &Path) -> i32 {
-    let Some(tokens_file) = tokens_file(config) else {
+    let Some((tokens_file, max_bytes)) = tokens_file(config) else {
         return 1;
     };
-    let loaded = match file::load(&tokens_file) {
+    let loaded = match file::load(&tokens_file, max_bytes) {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
@@ -45,12 +48,12 @@ pub fn list(config: &Path) -> i32 {
     let mut entries: Vec<_> = loaded.table.entries().collect();
     entries.sort_by_key(|e| e.line());
     let now = std::time::SystemTime::now();
-    let rows: Vec<[String; 5]> = entries
+    let rows: Vec<[String; 6]> = entries
         .iter()
         .map(|e| {
             let ips = e.ip_restriction().nets();
             [
-                e.name().to_string(),
+                shown(e.name()).into_owned(),
                 if !e.active() {
                     "no".into()
                 } else if e.expired_at(now) {
@@ -58,17 +61,18 @@ pub fn list(config: &Path) -> i32 {
                 } else {
                     "yes".into()
                 },
-                e.right().name.to_string(),
+                shown(&e.right().name).into_owned(),
                 if ips.is_empty() {
                     "any".into()
                 } else {
                     ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
                 },
-                e.expires().map_or("-".into(), |t| humantime::format_rfc3339_seconds(t).to_string()),
+                e.expires().map_or("never".into(), |t| humantime::format_rfc3339_seconds(t).to_string()),
+                e.secrets().to_string(),
             ]
         })
         .collect();
-    let header = ["NAME", "ACTIVE", "ACCESS RIGHT", "IP RESTRICTION", "EXPIRES"].map(String::from);
+    let header = ["NAME", "ACTIVE", "ACCESS RIGHT", "IP RESTRICTION", "EXPIRES", "SECRETS"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -91,32 +95,16 @@ pub struct NewTokenRequest<'a> {
     pub access_right: &'a str,
     /// CIDRs; none means any address.
     pub ips: &'a [String],
-    /// RFC 3339 expiry.
+    /// RFC 3339 expiry; none means `"never"`.
     pub expires: Option<&'a str>,
 }
 
 /// `token new`: prints the new token once on stdout and adds its digest to
-/// the token file, which is replaced atomically so a running gateway never
-/// reads half of it.
+/// the token file, through [`edit::edit`] (locked, checked, replaced whole).
 pub fn new(config: &Path, req: &NewTokenRequest<'_>) -> i32 {
-    let Some(path) = tokens_file(config) else {
+    let Some((path, max_bytes)) = tokens_file(config) else {
         return 1;
     };
-    // Edit the file a symlink points to (a rename over the link would break it).
-    let path = std::fs::canonicalize(&path).unwrap_or(path);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("cannot read {}: {e}", path.display());
-            return 1;
-        }
-    };
-    // Refuse to build on a file that is already broken.
-    if let Err(errors) = file::parse(&path, &text) {
-        eprintln!("{errors}");
-        eprintln!("{}: fix these errors first; nothing was changed", path.display());
-        return 1;
-    }
     let mut bad = false;
     for ip in req.ips {
         if parse_cidr(ip).is_none() {
@@ -138,14 +126,9 @@ pub fn new(config: &Path, req: &NewTokenRequest<'_>) -> i32 {
     if bad {
         return 1;
     }
-
-    let mut bytes = [0u8; 32];
-    if let Err(e) = rand::rngs::OsRng.try_fill_bytes(&mut bytes) {
-        eprintln!("the operating system's random source failed: {e}");
+    let Some((token, digest)) = new_secret() else {
         return 1;
-    }
-    let token: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
-    let digest = TokenHash::of(&Token(token.as_bytes())).to_hex();
+    };
 
     // Render the new [[token]] with toml_edit (quoting, arrays, datetimes)
     // and append it: every byte of the existing file stays as it was.
@@ -159,68 +142,151 @@ pub fn new(config: &Path, req: &NewTokenRequest<'_>) -> i32 {
     }
     t.insert("ip_restriction", value(ips));
     t.insert("access_right", value(req.access_right));
-    if let Some(dt) = expires {
-        t.insert("expires", value(dt));
-    }
+    // Always written: a token without `expires` is refused (interface.md §4).
+    match expires {
+        Some(dt) => t.insert("expires", value(dt)),
+        None => t.insert("expires", value("never")),
+    };
     let mut array = ArrayOfTables::new();
     array.push(t);
     let mut doc = DocumentMut::new();
     doc.insert("token", Item::ArrayOfTables(array));
-    let mut new_text = text.clone();
-    if !new_text.is_empty() && !new_text.ends_with('\n') {
-        new_text.push('\n');
-    }
-    if !new_text.is_empty() {
-        new_text.push('\n');
-    }
-    new_text.push_str(&doc.to_string());
-
-    // The edited file must validate as a whole (name taken, unknown right...).
-    if let Err(errors) = file::parse(&path, &new_text) {
-        for e in &errors.0 {
-            eprintln!("{}", e.message);
+    let appended = |text: &str| {
+        let mut new_text = text.to_string();
+        if !new_text.is_empty() && !new_text.ends_with('\n') {
+            new_text.push('\n');
         }
-        eprintln!("{}: nothing was changed", path.display());
-        return 1;
-    }
-    if let Err(e) = replace_atomically(&path, new_text.as_bytes()) {
-        eprintln!("cannot write {}: {e}", path.display());
-        return 1;
-    }
+        if !new_text.is_empty() {
+            new_text.push('\n');
+        }
+        new_text.push_str(&doc.to_string());
+        Ok(new_text)
+    };
+    let path = match edit::edit(&path, max_bytes, appended) {
+        Ok(p) => p,
+        Err(e) => return refused(&path, &e),
+    };
     if req.ips.is_empty() {
-        eprintln!("note: token `{}` may be used from any address (no --ip given)", req.name);
+        eprintln!("note: token `{}` may be used from any address (no --ip given)", shown(req.name));
     }
-    eprintln!("added token `{}` ({}) to {}; it is shown only now:", req.name, req.access_right, path.display());
+    eprintln!(
+        "added token `{}` ({}) to {}; it is shown only now:",
+        shown(req.name),
+        shown(req.access_right),
+        path.display()
+    );
     println!("{token}");
     0
 }
 
-/// Writes a temp file in the same folder, syncs it, renames it over `path`,
-/// and syncs the folder: readers see the old file or the new one, never half.
-fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tokengate-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            f.set_permissions(meta.permissions())?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// `token rotate`: a new random secret in front of token `name`'s
+/// `token_sha256` (a single digest becomes a list), printed once; the old
+/// secrets keep working until removed. Only the digest list changes: every
+/// other byte of the file stays as it was.
+pub fn rotate(config: &Path, name: &str) -> i32 {
+    let Some((path, max_bytes)) = tokens_file(config) else {
+        return 1;
+    };
+    let Some((token, digest)) = new_secret() else {
+        return 1;
+    };
+    let mut secrets = 0;
+    let path = match edit::edit(&path, max_bytes, |text| {
+        let (new_text, n) = add_secret(text, name, &digest)?;
+        secrets = n;
+        Ok(new_text)
+    }) {
+        Ok(p) => p,
+        Err(e) => return refused(&path, &e),
+    };
+    eprintln!(
+        "token `{}` in {} has {secrets} secrets now; the new one is position 0 and is shown only now. \
+         The older ones keep working until you remove their digests:",
+        shown(name),
+        path.display()
+    );
+    println!("{token}");
+    0
 }
 
-fn tokens_file(config: &Path) -> Option<PathBuf> {
+/// `text` with `digest` put first in token `name`'s `token_sha256`, and how
+/// many secrets the token then has. The change is spliced into the text at
+/// the value's span, so nothing else moves.
+fn add_secret(text: &str, name: &str, digest: &str) -> Result<(String, usize), String> {
+    let doc = ImDocument::parse(text).map_err(|e| e.message().to_string())?;
+    let table = doc
+        .get("token")
+        .and_then(Item::as_array_of_tables)
+        .and_then(|tokens| tokens.iter().find(|t| t.get("name").and_then(Item::as_str) == Some(name)))
+        .ok_or_else(|| format!("there is no token named `{}`", shown(name)))?;
+    let splice = |at: usize, insert: &str, close: Option<usize>| {
+        let mut out = String::with_capacity(text.len() + insert.len() + 1);
+        out.push_str(&text[..at]);
+        out.push_str(insert);
+        match close {
+            Some(end) => {
+                out.push_str(&text[at..end]);
+                out.push(']');
+                out.push_str(&text[end..]);
+            }
+            None => out.push_str(&text[at..]),
+        }
+        out
+    };
+    match table.get("token_sha256").and_then(Item::as_value) {
+        Some(v @ Value::String(_)) => {
+            let span = v.span().ok_or("the file could not be read back")?;
+            Ok((splice(span.start, &format!("[\"{digest}\", "), Some(span.end)), 2))
+        }
+        Some(Value::Array(a)) if a.len() >= MAX_SECRETS => Err(format!(
+            "token `{}` already has {} secrets, the most a token may have: remove the oldest digest (the last \
+             in its token_sha256) first",
+            shown(name),
+            a.len()
+        )),
+        Some(Value::Array(a)) => {
+            let first = a.get(0).and_then(Value::span).ok_or("token_sha256 is an empty list")?;
+            let open = a.span().ok_or("the file could not be read back")?.start + 1;
+            // On its own line when the list is written one digest per line.
+            let between = &text[open..first.start];
+            let insert = match between.rfind('\n') {
+                Some(nl) => format!("\"{digest}\",\n{}", &between[nl + 1..]),
+                None => format!("\"{digest}\", "),
+            };
+            Ok((splice(first.start, &insert, None), a.len() + 1))
+        }
+        _ if table.contains_key("token") => Err(format!(
+            "token `{}` keeps its secret in plain text (`token`): replace it with `token_sha256 = \"<digest>\"` \
+             (tokengate token hash prints it) before rotating",
+            shown(name)
+        )),
+        _ => Err(format!("token `{}` has no token_sha256", shown(name))),
+    }
+}
+
+/// 32 random bytes from the operating system as 64 upper-case hex digits,
+/// like the scanner's own tokens, and the digest the file keeps.
+fn new_secret() -> Option<(String, String)> {
+    let mut bytes = [0u8; 32];
+    if let Err(e) = rand::rngs::OsRng.try_fill_bytes(&mut bytes) {
+        eprintln!("the operating system's random source failed: {e}");
+        return None;
+    }
+    let token: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    let digest = TokenHash::of(&Token(token.as_bytes())).to_hex();
+    Some((token, digest))
+}
+
+/// Prints why the file was not changed; the exit code.
+fn refused(path: &Path, e: &EditError) -> i32 {
+    eprintln!("{e}");
+    eprintln!("{}: nothing was changed", path.display());
+    1
+}
+
+fn tokens_file(config: &Path) -> Option<(PathBuf, u64)> {
     match Config::load(config) {
-        Ok(c) => Some(c.tokens_file),
+        Ok(c) => Some((c.tokens_file, c.tokens_max_file_bytes)),
         Err(errors) => {
             eprintln!("{errors}");
             None

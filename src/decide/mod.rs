@@ -199,18 +199,21 @@ active = true
 token = "RO"
 ip_restriction = ["192.0.2.0/24", "2001:db8::/32"]
 access_right = "read-only"
+expires = "never"
 [[token]]
 name = "admin"
 active = true
 token = "AD"
 ip_restriction = []
 access_right = "admin"
+expires = "never"
 [[token]]
 name = "off"
 active = false
 token = "OFF"
 ip_restriction = []
 access_right = "admin"
+expires = "never"
 [[token]]
 name = "old"
 active = true
@@ -224,6 +227,7 @@ active = true
 token = "PR"
 ip_restriction = []
 access_right = "probe-only"
+expires = "never"
 "#;
 
     fn client(ip: &str) -> Resolved {

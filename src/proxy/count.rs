@@ -31,5 +31,6 @@ pub fn count(
     };
     let state = token.state(states);
     state.record(decision, client, now);
+    state.record_secret(token.secret(), now);
     Some(state.name.clone())
 }

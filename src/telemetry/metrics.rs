@@ -100,6 +100,7 @@ pub struct Metrics {
     reload_failure: AtomicU64,
     tls_reload_success: AtomicU64,
     tls_reload_failure: AtomicU64,
+    token_file_read_failures: AtomicU64,
     last_good_load_ms: AtomicU64,
     tokens_loaded: AtomicU64,
     upstream_ready: AtomicBool,
@@ -165,6 +166,11 @@ impl Metrics {
     pub fn tls_reload(&self, applied: bool) {
         let c = if applied { &self.tls_reload_success } else { &self.tls_reload_failure };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a token file that could not be read (also a failed reload).
+    pub fn token_file_read_failed(&self) {
+        self.token_file_read_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of everything.
@@ -286,6 +292,16 @@ impl Collector for Scrape {
             let (ok, failed) = (m.reload_success.load(Ordering::Relaxed), m.reload_failure.load(Ordering::Relaxed));
             ConstCounter::new(ok).encode(fam.encode_family(&labels([("outcome", "success")]))?)?;
             ConstCounter::new(failed).encode(fam.encode_family(&labels([("outcome", "failure")]))?)?;
+        }
+        {
+            let failed = ConstCounter::new(m.token_file_read_failures.load(Ordering::Relaxed));
+            let e = enc.encode_descriptor(
+                "tokengate_token_file_read_failures",
+                "Token file reads that failed (not a regular file, over tokens.max_file_bytes, too slow, unreadable).",
+                None,
+                failed.metric_type(),
+            )?;
+            failed.encode(e)?;
         }
         {
             let mut fam = enc.encode_descriptor(

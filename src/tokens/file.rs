@@ -14,15 +14,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use serde_spanned::Spanned;
-use toml_edit::{ImDocument, Item};
+use std::ops::Range;
+use toml_edit::{ImDocument, Item, Value};
 
 use super::lines;
-use super::raw::{RawRight, RawToken, Sink, SpannedText};
-use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable};
+use super::raw::{RawDigests, RawRight, RawToken, Sink, SpannedText};
+use super::read::{read_stable, ReadError};
+use super::state::MAX_SECRETS;
+use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable, MAX_RIGHTS};
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
 use crate::net::parse_cidr;
 use crate::rights::{AccessRight, Actions, RoutePattern};
@@ -36,24 +39,20 @@ struct SerdeRight {
     routes: Vec<Spanned<String>>,
 }
 
+/// A `[[token]]` but for `token`, `token_sha256` and `expires`, which are
+/// taken out first and read by hand ([`token_keys`]): serde's type errors
+/// quote the value, and a `token = 123` must not be echoed.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SerdeToken {
     name: Spanned<String>,
     active: bool,
-    token: Option<Spanned<String>>,
-    token_sha256: Option<Spanned<String>>,
     ip_restriction: Vec<Spanned<String>>,
     access_right: Spanned<String>,
-    expires: Option<Spanned<SerdeExpiry>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SerdeExpiry {
-    Datetime(toml_edit::Datetime),
-    Text(String),
-}
+/// Longest token or access right name, in bytes (interface.md §4).
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// A token file that validated: its table and any warnings for `check`.
 #[derive(Debug)]
@@ -65,10 +64,16 @@ pub struct Loaded {
     pub warnings: Vec<ConfigError>,
 }
 
-/// Reads (as the reloader does: not while it is being written) and
-/// validates a token file.
-pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    parse(path, &super::read::read_stable(path)?)
+/// Reads (as the reloader does: a regular file of at most `max_bytes`, not
+/// while it is being written) and validates a token file.
+pub fn load(path: &Path, max_bytes: u64) -> Result<Loaded, ConfigErrors> {
+    let text = read_stable(path, max_bytes).map_err(|e| unreadable(path, &e))?;
+    parse(path, &text)
+}
+
+/// A read failure as the one error of the file, for `check` and `token`.
+pub fn unreadable(path: &Path, e: &ReadError) -> ConfigErrors {
+    ConfigErrors::whole_file(path, format!("cannot read the token file: {e}"))
 }
 
 /// Validates the text of a token file read from `path`.
@@ -134,29 +139,24 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
             Some(array) => {
                 for table in array.iter() {
                     let span = table.span();
-                    let Ok(v) = Item::Table(table.clone()).into_value() else {
+                    let mut table = table.clone();
+                    let keys = token_keys(&mut table, span.clone(), sink.source());
+                    let Ok(v) = Item::Table(table).into_value() else {
                         sink.source().error(span, "a [[token]] must be a table");
                         continue;
                     };
                     match SerdeToken::deserialize(v.into_deserializer()) {
                         Ok(t) => {
+                            let Some((token, token_sha256, expires)) = keys else { continue };
                             let span = span.unwrap_or(0..0);
                             let line = sink.source().line_of(span.start) as u32;
-                            let expires = t.expires.map(|e| {
-                                let span = e.span();
-                                let text = match e.into_inner() {
-                                    SerdeExpiry::Datetime(d) => d.to_string(),
-                                    SerdeExpiry::Text(s) => s,
-                                };
-                                SpannedText { text: Cow::Owned(text), span }
-                            });
                             sink.token(RawToken {
                                 span,
                                 line,
                                 name: SpannedText::owned(t.name),
                                 active: t.active,
-                                token: t.token.map(SpannedText::owned),
-                                token_sha256: t.token_sha256.map(SpannedText::owned),
+                                token,
+                                token_sha256,
                                 ip_restriction: t.ip_restriction.into_iter().map(SpannedText::owned).collect(),
                                 access_right: SpannedText::owned(t.access_right),
                                 expires,
@@ -173,6 +173,51 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
     Some(())
 }
 
+/// `token`, `token_sha256` and `expires` of a `[[token]]`, taken out of
+/// `table` and type-checked by hand, with errors that say where and what is
+/// wrong but never quote the value. `None` when one of them is mistyped.
+#[allow(clippy::type_complexity)]
+fn token_keys<'a>(
+    table: &mut toml_edit::Table,
+    at: Option<Range<usize>>,
+    src: &mut Source<'_>,
+) -> Option<(Option<SpannedText<'a>>, Option<RawDigests<'a>>, Option<SpannedText<'a>>)> {
+    let mut ok = true;
+    let mut string = |item: Option<&Value>, src: &mut Source<'_>, what: &str| match item {
+        Some(v @ Value::String(s)) => {
+            Some(SpannedText { text: Cow::Owned(s.value().clone()), span: v.span().unwrap_or(0..0) })
+        }
+        other => {
+            src.error(other.and_then(Value::span).or(at.clone()), format!("{what} (its value is not shown)"));
+            ok = false;
+            None
+        }
+    };
+    let token =
+        table.remove("token").and_then(|item| string(item.as_value(), src, "`token` must be a string in quotes"));
+    let sha = "`token_sha256` must be a string of 64 hex digits in quotes, or a list of them";
+    let token_sha256 = table.remove("token_sha256").and_then(|item| match item.as_value() {
+        Some(Value::Array(a)) => {
+            let digests = a.iter().filter_map(|v| string(Some(v), src, sha)).collect();
+            Some(RawDigests { span: a.span().unwrap_or(0..0), list: true, digests })
+        }
+        v => {
+            let one = string(v, src, sha)?;
+            Some(RawDigests { span: one.span.clone(), list: false, digests: vec![one] })
+        }
+    });
+    let expires = table.remove("expires").and_then(|item| match item.as_value() {
+        Some(Value::Datetime(d)) => {
+            Some(SpannedText { text: Cow::Owned(d.value().to_string()), span: d.span().unwrap_or(0..0) })
+        }
+        v => string(v, src, EXPIRES_FORMAT),
+    });
+    ok.then_some((token, token_sha256, expires))
+}
+
+const EXPIRES_FORMAT: &str =
+    "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z, or \"never\"";
+
 /// Validates each table as it arrives and builds the table from it; every
 /// error is recorded, and any error means no table.
 struct Builder<'a> {
@@ -180,6 +225,9 @@ struct Builder<'a> {
     table: TableBuilder,
     /// Right name to its index in the table.
     rights: FxHashMap<Box<str>, u16>,
+    /// Rights past the 65,535 the table can number: how many, where the
+    /// first one is, and their names (tokens naming them add no error).
+    over_limit: Option<(usize, Range<usize>, FxHashSet<Box<str>>)>,
     /// The previous token's restriction, as written: the common case of the
     /// same list line after line costs no parsing.
     last_restriction: Option<(Vec<SpannedText<'a>>, u32)>,
@@ -196,6 +244,7 @@ impl<'a> Builder<'a> {
             src,
             table,
             rights: FxHashMap::default(),
+            over_limit: None,
             last_restriction: None,
             pending: Vec::new(),
             warnings: Vec::new(),
@@ -205,6 +254,14 @@ impl<'a> Builder<'a> {
     fn finish(mut self) -> Result<Loaded, ConfigErrors> {
         for t in std::mem::take(&mut self.pending) {
             self.add_token(t, true);
+        }
+        if let Some((n, first, _)) = self.over_limit.take() {
+            let msg = format!(
+                "the file defines {} access rights, more than the {MAX_RIGHTS} allowed; this is the first one past \
+                 the limit",
+                n + MAX_RIGHTS
+            );
+            self.src.error(Some(first), msg);
         }
         if self.table.is_empty() && self.table.rights() == 0 && !self.src.has_errors() {
             // Most likely a write caught at its start (truncated, not yet
@@ -219,10 +276,13 @@ impl<'a> Builder<'a> {
 
     fn add_token(&mut self, t: RawToken<'a>, last_chance: bool) {
         let Some(&right) = self.rights.get(t.access_right.text.as_ref()) else {
-            if last_chance {
+            if self.over_limit.as_ref().is_some_and(|(_, _, names)| names.contains(t.access_right.text.as_ref())) {
+                // Already an error, reported once.
+                self.check_values(&t);
+            } else if last_chance {
                 self.src.error(
                     Some(t.access_right.span.clone()),
-                    format!("access right `{}` is not defined in [access_rights]", t.access_right.text),
+                    format!("access right `{}` is not defined in [access_rights]", shown(&t.access_right.text)),
                 );
                 self.check_values(&t);
             } else {
@@ -230,51 +290,53 @@ impl<'a> Builder<'a> {
             }
             return;
         };
-        let Some((digest, expires, restriction)) = self.check_values(&t) else { return };
+        let Some((digests, expires, restriction)) = self.check_values(&t) else { return };
         let name = t.name.text.as_ref();
-        if name.trim().is_empty() {
-            self.src.error(Some(t.name.span.clone()), "`name` must not be empty");
-        }
-        let new = TokenRow { digest, name, active: t.active, expires, right, restriction, line: t.line };
+        let new = TokenRow { digests: &digests, name, active: t.active, expires, right, restriction, line: t.line };
         match self.table.insert(new) {
             Ok(()) => {}
-            Err(Duplicate { name: same_name, token: same_token }) => {
+            Err(Duplicate { name: same_name, token: same_token, full }) => {
                 if let Some(first_line) = same_name {
-                    let msg = format!("duplicate name `{name}`: first used at line {first_line}");
+                    let msg = format!("duplicate name `{}`: first used at line {first_line}", shown(name));
                     self.src.error(Some(t.name.span.clone()), msg);
                 }
-                if let Some((first_name, first_line)) = same_token {
-                    let at = t.token_sha256.as_ref().or(t.token.as_ref()).map(|s| s.span.clone());
-                    let msg =
-                        format!("duplicate token: `{name}` is the same token as `{first_name}` at line {first_line}");
+                if let Some((k, first_name, first_line)) = same_token {
+                    let at = match (&t.token_sha256, &t.token) {
+                        (Some(d), _) => d.digests.get(k).map(|s| s.span.clone()),
+                        (None, p) => p.as_ref().map(|s| s.span.clone()),
+                    };
+                    let msg = format!(
+                        "duplicate token: `{}` is the same token as `{}` at line {first_line}",
+                        shown(name),
+                        shown(&first_name)
+                    );
                     self.src.error(at, msg);
+                }
+                if full {
+                    self.src.error(Some(t.span.clone()), "too many tokens or secrets for one table (2^31)");
                 }
             }
         }
     }
 
-    /// The digest, expiry and restriction of a token, recording what is
-    /// wrong. Only a missing digest stops the token from being entered: the
-    /// others are still checked for duplicates (the table is not used then).
-    fn check_values(&mut self, t: &RawToken<'a>) -> Option<(TokenHash, Option<SystemTime>, u32)> {
+    /// The digests, expiry and restriction of a token, recording what is
+    /// wrong (the name too). Only a missing or bad digest stops the token
+    /// from being entered: the others are still checked for duplicates (the
+    /// table is not used then).
+    fn check_values(&mut self, t: &RawToken<'a>) -> Option<(Vec<TokenHash>, Option<SystemTime>, u32)> {
         let name = t.name.text.as_ref();
-        let hash = match (&t.token, &t.token_sha256) {
+        check_name(&mut self.src, "token name", name, &t.name.span);
+        let digests = match (&t.token, &t.token_sha256) {
             (Some(_), Some(d)) => {
                 self.src.error(Some(d.span.clone()), "give `token` or `token_sha256`, not both");
                 None
             }
             (None, None) => {
-                self.src.error(Some(t.span.clone()), format!("token `{name}` needs `token_sha256` (or `token`)"));
+                let msg = format!("token `{}` needs `token_sha256` (or `token`)", shown(name));
+                self.src.error(Some(t.span.clone()), msg);
                 None
             }
-            (None, Some(d)) => {
-                let h = TokenHash::from_hex(d.text.trim());
-                if h.is_none() {
-                    self.src
-                        .error(Some(d.span.clone()), "`token_sha256` must be 64 hex digits (the SHA-256 of the token)");
-                }
-                h
-            }
+            (None, Some(d)) => self.digests(d),
             (Some(p), None) => {
                 if p.text.is_empty() {
                     self.src.error(Some(p.span.clone()), "`token` must not be empty");
@@ -286,28 +348,74 @@ impl<'a> Builder<'a> {
                         line,
                         column,
                         message: format!(
-                            "token `{name}` is stored in plain text; store `token_sha256` instead (tokengate token hash)"
+                            "token `{}` is stored in plain text; store `token_sha256` instead (tokengate token hash)",
+                            shown(name)
                         ),
                     });
-                    Some(TokenHash::of(&Token(p.text.as_bytes())))
+                    Some(vec![TokenHash::of(&Token(p.text.as_bytes()))])
                 }
             }
         };
         let restriction = self.restriction(&t.ip_restriction);
         let expires = match &t.expires {
-            None => None,
+            None => {
+                // Required, so that a file cut short just before this line
+                // is refused instead of granting a token with no end.
+                let msg = format!(
+                    "token `{}` has no `expires`: add `expires = \"never\"` for no end, or a date-time such as \
+                     `expires = 2027-06-30T00:00:00Z`",
+                    shown(name)
+                );
+                self.src.error(Some(t.span.clone()), msg);
+                None
+            }
+            Some(e) if e.text == "never" => None,
             Some(e) => {
                 let at = parse_rfc3339(&e.text);
                 if at.is_none() {
-                    self.src.error(
-                        Some(e.span.clone()),
-                        "`expires` must be an RFC 3339 date-time with a time zone, e.g. 2027-06-30T00:00:00Z",
-                    );
+                    self.src.error(Some(e.span.clone()), EXPIRES_FORMAT);
                 }
                 at
             }
         };
-        Some((hash?, expires, restriction.unwrap_or(0)))
+        Some((digests?, expires, restriction.unwrap_or(0)))
+    }
+
+    /// The digests of `token_sha256`: 1 to 4, each 64 hex digits, distinct.
+    fn digests(&mut self, d: &RawDigests<'a>) -> Option<Vec<TokenHash>> {
+        if d.digests.is_empty() {
+            self.src.error(Some(d.span.clone()), "`token_sha256` lists no digest; give at least one");
+            return None;
+        }
+        if let Some(fifth) = d.digests.get(MAX_SECRETS) {
+            let msg = format!(
+                "`token_sha256` lists {} digests; a token has at most {MAX_SECRETS} secrets (remove the oldest, at the end)",
+                d.digests.len()
+            );
+            self.src.error(Some(fifth.span.clone()), msg);
+            return None;
+        }
+        let mut out = Vec::with_capacity(d.digests.len());
+        let mut ok = true;
+        for (k, text) in d.digests.iter().enumerate() {
+            match TokenHash::from_hex(text.text.trim()) {
+                Some(h) if out.contains(&h) => {
+                    let first = out.iter().position(|o| *o == h).unwrap_or(0);
+                    let msg = format!("`token_sha256` lists the same digest twice (positions {first} and {k})");
+                    self.src.error(Some(text.span.clone()), msg);
+                    ok = false;
+                }
+                Some(h) => out.push(h),
+                None => {
+                    self.src.error(
+                        Some(text.span.clone()),
+                        "`token_sha256` must be 64 hex digits (the SHA-256 of the token)",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn restriction(&mut self, entries: &[SpannedText<'a>]) -> Option<u32> {
@@ -336,8 +444,53 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// Records what is wrong with a token or access right name: empty, longer
+/// than [`MAX_NAME_BYTES`], or holding a character that is not printable
+/// ([`unprintable`]). Names reach logs, metrics labels, `/tokens` and
+/// terminals, where such characters forge or hide text.
+fn check_name(src: &mut Source<'_>, what: &str, name: &str, span: &Range<usize>) {
+    if name.trim().is_empty() {
+        src.error(Some(span.clone()), format!("{what} must not be empty"));
+    } else if let Some(c) = name.chars().find(|&c| unprintable(c)) {
+        let msg = format!(
+            "{what} {} holds the character U+{:04X}, which is not allowed: names hold printable characters only \
+             (no control characters, line separators or bidirectional controls)",
+            shown(name),
+            u32::from(c)
+        );
+        src.error(Some(span.clone()), msg);
+    } else if name.len() > MAX_NAME_BYTES {
+        src.error(
+            Some(span.clone()),
+            format!("{what} is {} bytes long; at most {MAX_NAME_BYTES} are allowed", name.len()),
+        );
+    }
+}
+
+/// The characters a name may not hold: control characters (C0, DEL, C1),
+/// the line and paragraph separators, and the bidirectional controls that
+/// reorder what a terminal shows.
+pub fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{061C}' | '\u{200E}' | '\u{200F}')
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// A name as messages and `token list` show it: unprintable characters
+/// escaped (`\u{1b}`), everything else as it is.
+pub fn shown(name: &str) -> Cow<'_, str> {
+    if !name.chars().any(unprintable) {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.chars().map(|c| if unprintable(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
 impl<'a> Sink<'a> for Builder<'a> {
     fn right(&mut self, r: RawRight<'a>) {
+        check_name(&mut self.src, "access right name", &r.name, &r.span);
         let mut actions = Vec::new();
         let mut any = false;
         for a in &r.actions {
@@ -363,7 +516,10 @@ impl<'a> Sink<'a> for Builder<'a> {
         let actions = if any { Actions::Any } else { Actions::Listed(actions.into()) };
         let right = Arc::new(AccessRight { name: r.name.as_ref().into(), actions, routes: routes.into() });
         let Some(index) = self.table.add_right(right) else {
-            self.src.error(Some(r.span.clone()), "more than 65535 access rights");
+            // Reported once, at the end, with the count: not once per right.
+            let over = self.over_limit.get_or_insert_with(|| (0, r.span.clone(), FxHashSet::default()));
+            over.0 += 1;
+            over.2.insert(r.name.as_ref().into());
             return;
         };
         self.rights.insert(r.name.as_ref().into(), index);
@@ -411,6 +567,7 @@ active = false
 token = "plain"
 ip_restriction = []
 access_right = "admin"
+expires = "never"
 "#;
 
     fn parse_str(text: &str) -> Result<Loaded, ConfigErrors> {
@@ -447,6 +604,7 @@ active = true
 token_sha256 = "xyz"
 ip_restriction = ["10.0.0.0/33"]
 access_right = "nope"
+expires = "never"
 
 [[token]]
 name = "a"
@@ -454,12 +612,14 @@ active = true
 token = "t"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 ip_restrictions = ["1.2.3.4"]
 
 [[token]]
 name = "c"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 token = "t"
 
 [[token]]
@@ -468,6 +628,7 @@ active = "yes"
 token = "u"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 
 [[token]]
 name = "e"
@@ -494,12 +655,13 @@ x = 1
             "tokens.toml:8:16: `token_sha256` must be 64 hex digits",
             "tokens.toml:9:19: \"10.0.0.0/33\" is not an IP address or CIDR",
             "tokens.toml:10:16: access right `nope` is not defined",
-            "tokens.toml:18:1: unknown field `ip_restrictions`",
-            "tokens.toml:20:1: missing field `active`",
-            "tokens.toml:28:10: invalid type: string \"yes\", expected a boolean",
-            "tokens.toml:39:11: `expires` must be an RFC 3339 date-time",
-            "tokens.toml:44:9: duplicate token: `f` is the same token as `e` at line 33",
-            "tokens.toml:48:2: unknown key `stray`",
+            "tokens.toml:20:1: unknown field `ip_restrictions`",
+            "tokens.toml:22:1: missing field `active`",
+            "tokens.toml:31:10: invalid type: string \"yes\", expected a boolean",
+            "tokens.toml:43:11: `expires` must be an RFC 3339 date-time",
+            "tokens.toml:45:1: token `f` has no `expires`: add `expires = \"never\"` for no end",
+            "tokens.toml:48:9: duplicate token: `f` is the same token as `e` at line 37",
+            "tokens.toml:52:2: unknown key `stray`",
         ];
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
         for (got, want) in errs.iter().zip(want) {
@@ -516,17 +678,19 @@ active = true
 token = "secret"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 [[token]]
 name = "a"
 active = true
 token_sha256 = "2BB80D537B1DA3E38BD30361AA855686BDE0EACD7162FEF6A25FE97BF527A25B"
 ip_restriction = []
 access_right = "r"
+expires = "never"
 "#;
         let errs = errors(text);
         assert_eq!(errs.len(), 2, "{errs:#?}");
-        assert!(errs[0].starts_with("tokens.toml:9:8: duplicate name `a`: first used at line 2"));
-        assert!(errs[1].starts_with("tokens.toml:11:16: duplicate token: `a` is the same token as `a` at line 2"));
+        assert!(errs[0].starts_with("tokens.toml:10:8: duplicate name `a`: first used at line 2"));
+        assert!(errs[1].starts_with("tokens.toml:12:16: duplicate token: `a` is the same token as `a` at line 2"));
         assert!(!errs.iter().any(|e| e.contains("secret")));
     }
 
@@ -543,5 +707,378 @@ access_right = "r"
         let cut = GOOD.split("ip_restriction = []").next().unwrap();
         let errs = errors(cut);
         assert!(errs.iter().any(|e| e.contains("missing field `ip_restriction`")), "{errs:?}");
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn errors_about_a_secret_never_quote_it() {
+        let secret = "1234567890987654321";
+        let token = |line: &str| {
+            format!(
+                "[access_rights.r]\n[[token]]\nname = \"a\"\nactive = true\n{line}\nip_restriction = []\n\
+                 access_right = \"r\"\nexpires = \"never\"\n"
+            )
+        };
+        for (line, want) in [
+            (format!("token = {secret}"), "5:9: `token` must be a string in quotes"),
+            (format!("token_sha256 = {secret}"), "5:16: `token_sha256` must be a string of 64 hex digits"),
+            (format!("token_sha256 = [\"{}\", {secret}]", "ab".repeat(32)), "5:85: `token_sha256` must be a string"),
+            (format!("token = {secret}.5"), "5:9: `token` must be a string in quotes"),
+            (format!("token = [{secret}]"), "5:9: `token` must be a string in quotes"),
+            (format!("token = {{ x = {secret} }}"), "5:9: `token` must be a string in quotes"),
+            (format!("token = \"{secret}"), "5:"),
+            (format!("token = {secret}abc"), "5:"),
+            (format!("token = x{secret}"), "5:"),
+            (format!("token = '{secret}"), "5:"),
+            // Unterminated: toml_edit points at the end of the file.
+            (format!("token = \"\"\"{secret}"), "9:1: invalid multiline basic string"),
+            (format!("token_sha256 = \"{secret}\""), "5:16: `token_sha256` must be 64 hex digits"),
+        ] {
+            let text = token(&line);
+            let errs: Vec<String> =
+                parse(Path::new("t.toml"), &text).unwrap_err().0.iter().map(|e| e.to_string()).collect();
+            assert!(errs.iter().any(|e| e.starts_with(&format!("t.toml:{want}"))), "{line}: {errs:#?}");
+            assert!(!errs.iter().any(|e| e.contains(secret) || e.contains("987654")), "{line}: {errs:#?}");
+        }
+    }
+}
+
+/// The property of interface.md §4: a token file cut short anywhere is
+/// either refused or grants no more than the whole file.
+#[cfg(test)]
+mod cut_tests {
+    use super::super::table::TokenRef;
+    use super::*;
+    use crate::rights::Actions;
+    use proptest::prelude::*;
+
+    /// Both readers on their own: the scanner (through `parse`, which uses
+    /// it whenever it can) and the general reader alone.
+    fn both_readers(text: &str) -> [Result<Loaded, ConfigErrors>; 2] {
+        let path = Path::new("t.toml");
+        let mut general = Builder::new(Source::new(path, text));
+        read_toml(&mut general);
+        [parse(path, text), general.finish()]
+    }
+
+    /// "Grants no more": every right of `cut` exists in `whole` by name
+    /// with no ACTION or route more; every token of `cut` is, by each of
+    /// its digests, the token of the same name in `whole`, with the same
+    /// right, active only if that one is, expiring no later, and allowed
+    /// from no address that one is not.
+    fn grants_no_more(cut: &TokenTable, whole: &TokenTable) -> Result<(), String> {
+        let no_more = |c: &AccessRight, w: &AccessRight| match (&c.actions, &w.actions) {
+            (_, Actions::Any) => c.routes.iter().all(|r| w.routes.contains(r)),
+            (Actions::Any, Actions::Listed(_)) => false,
+            (Actions::Listed(c_list), Actions::Listed(w_list)) => {
+                c_list.iter().all(|a| w_list.contains(a)) && c.routes.iter().all(|r| w.routes.contains(r))
+            }
+        };
+        for c in cut.rights() {
+            let w = whole.rights().iter().find(|w| w.name == c.name).ok_or(format!("right {} is new", c.name))?;
+            if !no_more(c, w) {
+                return Err(format!("right {} allows more: {c:?} vs {w:?}", c.name));
+            }
+        }
+        for c in cut.entries() {
+            for d in c.digests() {
+                let w = whole.get(&d).ok_or(format!("token {} has a digest the whole file has not", c.name()))?;
+                let ips = |t: &TokenRef<'_>| t.ip_restriction().nets().to_vec();
+                let (c_ips, w_ips) = (ips(&c), ips(&w));
+                let checks = [
+                    (w.name() == c.name(), "another name"),
+                    (!c.active() || w.active(), "active"),
+                    (
+                        match (c.expires(), w.expires()) {
+                            (_, None) => true,
+                            (None, Some(_)) => false,
+                            (Some(ce), Some(we)) => ce <= we,
+                        },
+                        "expires later",
+                    ),
+                    (
+                        w_ips.is_empty() || (!c_ips.is_empty() && c_ips.iter().all(|n| w_ips.contains(n))),
+                        "more addresses",
+                    ),
+                    (c.right().name == w.right().name && no_more(c.right(), w.right()), "more right"),
+                ];
+                if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+                    return Err(format!("token {}: {why}", c.name()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[derive(Debug, Clone)]
+    struct GenRight {
+        actions: Vec<&'static str>,
+        routes: Vec<&'static str>,
+        multi_line: bool,
+    }
+
+    #[derive(Debug, Clone)]
+    struct GenToken {
+        active: bool,
+        digests: usize,
+        plain: bool,
+        ips: Vec<&'static str>,
+        right: usize,
+        expires: &'static str,
+        order: Vec<usize>,
+        multi_line: bool,
+    }
+
+    /// A token file in either reader's shape: `escaped` writes names with a
+    /// TOML escape, which only the general reader reads.
+    fn render(rights: &[GenRight], tokens: &[GenToken], escaped: bool, comments: bool) -> String {
+        let list = |items: &[&str], multi: bool| {
+            let q: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+            if multi && !q.is_empty() {
+                format!("[\n  {},\n]", q.join(",\n  # between\n  "))
+            } else {
+                format!("[{}]", q.join(", "))
+            }
+        };
+        let mut out = String::from("# a token file\n");
+        for (i, r) in rights.iter().enumerate() {
+            out += &format!("[access_rights.r{i}]\n");
+            out += &format!("actions = {}\n", list(&r.actions, r.multi_line));
+            if comments {
+                out += "# routes next\n";
+            }
+            out += &format!("routes = {} # trailing\n\n", list(&r.routes, false));
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            out += "[[token]]\n";
+            let name = if escaped { format!("\"t\\u0031{i}\"") } else { format!("\"t1{i}\"") };
+            let secret = |k: usize| format!("{:064x}", (i * 8 + k + 1) as u128 * 0x9e37_79b9_7f4a_7c15);
+            let digests: Vec<String> = (0..t.digests).map(secret).collect();
+            let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
+            let keys = [
+                format!("name = {name}"),
+                format!("active = {}", t.active),
+                if t.plain {
+                    format!("token = \"plain-{i}\"")
+                } else if t.digests == 1 {
+                    format!("token_sha256 = \"{}\"", digests[0])
+                } else {
+                    format!("token_sha256 = {}", list(&digests, t.multi_line))
+                },
+                format!("ip_restriction = {}", list(&t.ips, t.multi_line)),
+                format!("access_right = \"r{}\"", t.right % rights.len()),
+                format!("expires = {}", t.expires),
+            ];
+            for &k in &t.order {
+                out += &keys[k];
+                out += if comments { " # note\n" } else { "\n" };
+            }
+            out += "\n";
+        }
+        out
+    }
+
+    fn gen_right() -> impl Strategy<Value = GenRight> {
+        (
+            proptest::sample::subsequence(vec!["TARGETDATA", "SCANNERDATA", "REPORTTARGETDATA", "*"], 0..=3),
+            proptest::sample::subsequence(vec!["GET /opi/rest/outscan/*", "* /*", "POST /opi/rest/x"], 0..=2),
+            any::<bool>(),
+        )
+            .prop_map(|(actions, routes, multi_line)| GenRight { actions, routes, multi_line })
+    }
+
+    fn gen_token() -> impl Strategy<Value = GenToken> {
+        (
+            any::<bool>(),
+            1..=3usize,
+            proptest::bool::weighted(0.2),
+            proptest::sample::subsequence(vec!["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"], 0..=2),
+            0..3usize,
+            prop_oneof![
+                Just("\"never\""),
+                Just("2027-06-30T00:00:00Z"),
+                Just("2020-01-01T00:00:00Z"),
+                Just("\"2030-01-01T12:00:00+02:00\""),
+                Just("2031-05-05T10:20:30.5-01:00"),
+            ],
+            Just((0..6).collect::<Vec<usize>>()).prop_shuffle(),
+            any::<bool>(),
+        )
+            .prop_map(|(active, digests, plain, ips, right, expires, order, multi_line)| GenToken {
+                active,
+                digests,
+                plain,
+                ips,
+                right,
+                expires,
+                order,
+                multi_line,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn a_file_cut_anywhere_is_refused_or_grants_no_more(
+            rights in proptest::collection::vec(gen_right(), 1..=2),
+            tokens in proptest::collection::vec(gen_token(), 1..=3),
+            escaped in any::<bool>(),
+            comments in any::<bool>(),
+        ) {
+            let text = render(&rights, &tokens, escaped, comments);
+            let [fast, general] = both_readers(&text);
+            let whole = fast.unwrap_or_else(|e| panic!("{e}\n{text}"));
+            prop_assert!(general.is_ok(), "{text}");
+            prop_assert_eq!(whole.table.len(), tokens.len());
+            for at in (0..text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let cut = &text[..at];
+                for loaded in both_readers(cut).into_iter().flatten() {
+                    if let Err(why) = grants_no_more(&loaded.table, &whole.table) {
+                        prop_assert!(false, "cut at {at} grants more ({why}):\n{cut}\n---- whole:\n{text}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_check_sees_a_cut_that_grants_more() {
+        // The comparison itself: a file that is the whole minus its expiry
+        // (what a cut before `expires` would give if it were optional).
+        let whole = "[access_rights.r]\n[[token]]\nname = \"a\"\nactive = true\ntoken = \"x\"\nip_restriction = [\"10.0.0.0/8\"]\naccess_right = \"r\"\nexpires = 2020-01-01T00:00:00Z\n";
+        let w = parse(Path::new("t.toml"), whole).unwrap().table;
+        for (looser, why) in [
+            (whole.replace("2020-01-01T00:00:00Z", "\"never\""), "expires later"),
+            (whole.replace("[\"10.0.0.0/8\"]", "[]"), "more addresses"),
+            (whole.replace("[access_rights.r]", "[access_rights.r]\nactions = [\"*\"]"), "allows more"),
+            (whole.replace("name = \"a\"", "name = \"b\""), "another name"),
+        ] {
+            let c = parse(Path::new("t.toml"), &looser).unwrap().table;
+            let err = grants_no_more(&c, &w).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let w_inactive = parse(Path::new("t.toml"), &whole.replace("active = true", "active = false")).unwrap().table;
+        assert!(grants_no_more(&w, &w_inactive).unwrap_err().contains("active"));
+        assert!(grants_no_more(&w, &w).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(Path::new("t.toml"), text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    }
+
+    fn token(name: &str, sha: &str) -> String {
+        format!(
+            "[[token]]\nname = {name}\nactive = true\ntoken_sha256 = {sha}\nip_restriction = []\n\
+             access_right = \"r\"\nexpires = \"never\"\n"
+        )
+    }
+
+    const D1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn names_with_unprintable_characters_or_over_128_bytes_are_refused_where_they_are() {
+        let sha = format!("\"{D1}\"");
+        for (name, want) in [
+            ("\"a\\u001b[31mb\"".to_string(), "t.toml:3:8: token name a\\u{1b}[31mb holds the character U+001B"),
+            ("\"a\\nb\"".to_string(), "t.toml:3:8: token name a\\u{a}b holds the character U+000A"),
+            ("\"evil\\u202Etxt\"".to_string(), "t.toml:3:8: token name evil\\u{202e}txt holds the character U+202E"),
+            ("\"a\\u0085\"".to_string(), "U+0085"),
+            (format!("\"{}\"", "x".repeat(129)), "t.toml:3:8: token name is 129 bytes long; at most 128"),
+            (format!("\"{}\"", "é".repeat(65)), "token name is 130 bytes long"),
+            ("\" \"".to_string(), "t.toml:3:8: token name must not be empty"),
+        ] {
+            let text = format!("[access_rights.r]\n{}", token(&name, &sha));
+            let errs = errors(&text);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].contains(want), "{errs:?} wants {want}");
+            assert!(!errs[0].chars().any(unprintable), "{errs:?}");
+        }
+        // At the limit, and any printable character: fine.
+        for name in ["x".repeat(128), "é".repeat(64), "splunk-export ü 東京 \"q\"".into()] {
+            let text = format!("[access_rights.r]\n{}", token(&format!("{name:?}"), &format!("\"{D1}\"")));
+            assert!(parse(Path::new("t.toml"), &text).is_ok(), "{name}");
+        }
+        // Right names too (only the general reader reads a quoted key).
+        let text = format!(
+            "[access_rights.\"r\\u0007\"]\n{}",
+            token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", "\"r\\u0007\"")
+        );
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.starts_with("t.toml:1:1: access right name r\\u{7} holds the character U+0007")),
+            "{errs:?}"
+        );
+        let long = "r".repeat(129);
+        let text = format!(
+            "[access_rights.{long}]\n{}",
+            token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", &format!("\"{long}\""))
+        );
+        assert!(errors(&text).iter().any(|e| e.contains("access right name is 129 bytes long")));
+    }
+
+    #[test]
+    fn token_sha256_lists_one_to_four_distinct_digests() {
+        let ok = format!("[access_rights.r]\n{}", token("\"a\"", &format!("[\"{D1}\", \"{D2}\"]")));
+        let t = parse(Path::new("t.toml"), &ok).unwrap().table;
+        let (a, b) = (TokenHash::from_hex(D1).unwrap(), TokenHash::from_hex(D2).unwrap());
+        assert_eq!((t.get(&a).unwrap().name(), t.get(&a).unwrap().secret_position()), ("a", 0));
+        assert_eq!((t.get(&b).unwrap().name(), t.get(&b).unwrap().secret_position()), ("a", 1));
+        assert_eq!(t.get(&a).unwrap().secrets(), 2);
+        let five: Vec<String> = (1..=5).map(|i| format!("\"{}\"", i.to_string().repeat(64))).collect();
+        for (sha, extra, want) in [
+            ("[]".to_string(), String::new(), "t.toml:5:16: `token_sha256` lists no digest"),
+            (
+                format!("[{}]", five.join(", ")),
+                String::new(),
+                "t.toml:5:289: `token_sha256` lists 5 digests; a token has at most 4",
+            ),
+            (
+                format!("[\"{D1}\", \"{D2}\", \"{D1}\"]"),
+                String::new(),
+                "t.toml:5:153: `token_sha256` lists the same digest twice (positions 0 and 2)",
+            ),
+            (format!("[\"{D1}\", \"xyz\"]"), String::new(), "t.toml:5:85: `token_sha256` must be 64 hex digits"),
+            (
+                format!("[\"{D1}\", \"{D2}\"]"),
+                token("\"b\"", &format!("\"{}\"", D2.to_uppercase())),
+                "t.toml:12:16: duplicate token: `b` is the same token as `a` at line 2",
+            ),
+        ] {
+            let text = format!("[access_rights.r]\n{}{extra}", token("\"a\"", &sha));
+            let errs = errors(&text);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with(want), "{errs:?} wants {want}");
+        }
+    }
+
+    #[test]
+    fn seventy_thousand_rights_load_in_one_pass_with_one_error() {
+        let mut text = String::with_capacity(70_000 * 40);
+        for i in 0..70_000 {
+            text += &format!("[access_rights.r{i}]\nactions = [\"TARGETDATA\"]\n");
+        }
+        text += &token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", "\"r69999\"");
+        let started = std::time::Instant::now();
+        let errs = errors(&text);
+        eprintln!("70,000 rights: {:?}", started.elapsed());
+        assert_eq!(errs.len(), 1, "{:?}", &errs[..errs.len().min(3)]);
+        assert!(
+            errs[0].starts_with("t.toml:131071:1: the file defines 70000 access rights, more than the 65535 allowed"),
+            "{errs:?}"
+        );
+        // The same number of distinct rights under the limit loads.
+        let under: String = (0..65_535).map(|i| format!("[access_rights.r{i}]\n")).collect::<String>()
+            + &token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", "\"r65534\"");
+        assert_eq!(parse(Path::new("t.toml"), &under).unwrap().table.rights().len(), 65_535);
     }
 }

@@ -49,14 +49,26 @@ pub struct RawToken<'a> {
     pub active: bool,
     /// `token`: the secret in plain text, when the file holds it so.
     pub token: Option<SpannedText<'a>>,
-    /// `token_sha256`: the digest, not checked yet for being 64 hex digits.
-    pub token_sha256: Option<SpannedText<'a>>,
+    /// `token_sha256`: one digest or a list, not checked yet.
+    pub token_sha256: Option<RawDigests<'a>>,
     /// `ip_restriction`, element by element (not parsed yet).
     pub ip_restriction: Vec<SpannedText<'a>>,
     /// `access_right`: a right's name, perhaps of a right defined further down.
     pub access_right: SpannedText<'a>,
-    /// `expires` as RFC 3339 text (a TOML date-time is turned back into text).
+    /// `expires` as text: `never`, or RFC 3339 (a TOML date-time is turned
+    /// back into text). Required: `None` is an error the validation words.
     pub expires: Option<SpannedText<'a>>,
+}
+
+/// `token_sha256` as written: a string, or an array of strings (rotation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDigests<'a> {
+    /// The whole value's span (the string, or the array with its brackets).
+    pub span: Range<usize>,
+    /// Whether it was written as an array.
+    pub list: bool,
+    /// Each digest, not checked yet for being 64 hex digits.
+    pub digests: Vec<SpannedText<'a>>,
 }
 
 /// Receives the tables of a token file in file order, whichever reader

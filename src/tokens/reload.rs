@@ -10,21 +10,38 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use super::file::{self, Loaded};
-use super::read::{fingerprint, read_stable, Fingerprint, QUIET};
+use super::read::{fingerprint, read_stable, Fingerprint, ReadError, QUIET};
 use super::state::StateRegistry;
 use super::table::TokenTable;
 use crate::diagnostic::{ConfigError, ConfigErrors};
+
+/// What one reload came to; handed to the caller of [`follow`] to count.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// A new table is serving, with this many tokens.
+    Applied(usize),
+    /// The file was read but is invalid: the last good table keeps serving.
+    Invalid(ConfigErrors),
+    /// The file could not be read: the last good table keeps serving, and
+    /// [`TokenStore::read_failure`] says why until a read succeeds.
+    Unreadable(ReadError),
+}
 
 /// The table requests read, and what a reload needs to replace it.
 pub struct TokenStore {
     current: ArcSwap<TokenTable>,
     states: Arc<StateRegistry>,
     path: PathBuf,
+    /// `tokens.max_file_bytes`.
+    max_bytes: u64,
+    /// Why the most recent read of the file failed; `None` once one
+    /// succeeds (whether or not what it read was valid).
+    read_failure: ArcSwapOption<String>,
     /// The file's fingerprint just before it was first read, so that an edit
     /// made while the gateway was starting is not missed.
     opened: Option<Fingerprint>,
@@ -38,15 +55,17 @@ impl TokenStore {
     /// Loads the file for the first time. There is no last good table yet,
     /// so an invalid file is an error for the caller to report. Returns the
     /// store and the file's warnings.
-    pub fn open(path: &Path) -> Result<(Self, Vec<ConfigError>), ConfigErrors> {
+    pub fn open(path: &Path, max_bytes: u64) -> Result<(Self, Vec<ConfigError>), ConfigErrors> {
         let states = Arc::new(StateRegistry::default());
         let opened = fingerprint(path);
-        let text = read_stable(path)?;
+        let text = read_stable(path, max_bytes).map_err(|e| file::unreadable(path, &e))?;
         let Loaded { table, warnings } = file::parse(path, &text)?;
         let store = Self {
             current: ArcSwap::from_pointee(table),
             states,
             path: path.to_path_buf(),
+            max_bytes,
+            read_failure: ArcSwapOption::empty(),
             opened,
             last_text: AtomicU64::new(text_hash(&text)),
         };
@@ -68,27 +87,34 @@ impl TokenStore {
         &self.path
     }
 
+    /// Why the most recent read of the file failed, while it is so: what
+    /// `/readyz` reports. A file that was read but is invalid is not a
+    /// read failure: the last good table serves as it should.
+    pub fn read_failure(&self) -> Option<Arc<String>> {
+        self.read_failure.load_full()
+    }
+
     /// Reads the file again; on success swaps the new table in whole, on
-    /// failure keeps the current one and logs every error.
-    pub fn reload(&self) -> Result<usize, ConfigErrors> {
+    /// failure keeps the current one and logs why.
+    pub fn reload(&self) -> Reloaded {
         let (started, text, _) = self.read();
-        self.apply(started, text.and_then(|text| file::parse(&self.path, &text)))
+        self.apply(started, text)
     }
 
     /// Reads the file; reloads only when its text differs from the text last
     /// parsed. `None` when it was the same.
-    pub fn reload_if_changed(&self) -> Option<Result<usize, ConfigErrors>> {
+    pub fn reload_if_changed(&self) -> Option<Reloaded> {
         let (started, text, changed) = self.read();
         if text.is_ok() && !changed {
             return None;
         }
-        Some(self.apply(started, text.and_then(|text| file::parse(&self.path, &text))))
+        Some(self.apply(started, text))
     }
 
     /// The file's text, and whether it differs from the text last read.
-    fn read(&self) -> (Instant, Result<String, ConfigErrors>, bool) {
+    fn read(&self) -> (Instant, Result<String, ReadError>, bool) {
         let started = Instant::now();
-        let text = read_stable(&self.path);
+        let text = read_stable(&self.path, self.max_bytes);
         let changed = text.as_ref().is_ok_and(|t| {
             let h = text_hash(t);
             self.last_text.swap(h, Ordering::Relaxed) != h
@@ -96,8 +122,23 @@ impl TokenStore {
         (started, text, changed)
     }
 
-    fn apply(&self, started: Instant, result: Result<file::Loaded, ConfigErrors>) -> Result<usize, ConfigErrors> {
-        match result {
+    fn apply(&self, started: Instant, text: Result<String, ReadError>) -> Reloaded {
+        let text = match text {
+            Ok(text) => {
+                self.read_failure.store(None);
+                text
+            }
+            Err(e) => {
+                tracing::error!(
+                    file = %self.path.display(),
+                    error = %e,
+                    "token file cannot be read; the last good table keeps serving"
+                );
+                self.read_failure.store(Some(Arc::new(format!("{}: {e}", self.path.display()))));
+                return Reloaded::Unreadable(e);
+            }
+        };
+        match file::parse(&self.path, &text) {
             Ok(loaded) => {
                 let n = loaded.table.len();
                 for w in &loaded.warnings {
@@ -115,13 +156,13 @@ impl TokenStore {
                 // The old table is freed here, off the request path, unless a
                 // request still holds it (then the last holder frees it).
                 drop(old);
-                Ok(n)
+                Reloaded::Applied(n)
             }
             Err(errors) => {
                 for e in &errors.0 {
                     tracing::error!(error = %e, "token file not applied; the last good table keeps serving");
                 }
-                Err(errors)
+                Reloaded::Invalid(errors)
             }
         }
     }
@@ -159,13 +200,8 @@ enum Trigger {
 /// at once on SIGHUP. Reloads run one at a time, on a blocking thread.
 /// `hup` must be made with [`listen_for_sighup`] before the gateway says it
 /// is ready, or a SIGHUP in between would end the process (its default).
-/// Every reload that read the file is handed to `outcome`: the number of
-/// tokens now serving, or why the file was not applied.
-pub async fn follow(
-    store: Arc<TokenStore>,
-    hup: Option<Signal>,
-    outcome: impl Fn(&Result<usize, ConfigErrors>) + Send + Sync + 'static,
-) {
+/// Every reload that tried to read the file is handed to `outcome`.
+pub async fn follow(store: Arc<TokenStore>, hup: Option<Signal>, outcome: impl Fn(&Reloaded) + Send + Sync + 'static) {
     let outcome = Arc::new(outcome);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let open_for_write = Arc::new(AtomicBool::new(false));

@@ -1,6 +1,7 @@
 //! What requests change as they run, per token name, and what must outlive a
-//! reload: last use, last client address, counts by decision. The registry is
-//! consulted when a table is built; requests touch only their entry's atomics.
+//! reload: last use (of the token, and of each of its secrets), last client
+//! address, counts by decision. The registry is consulted when a table is
+//! built; requests touch only their entry's atomics.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,12 +23,53 @@ pub enum Decision {
     Denied(DenialCode),
 }
 
+/// How many secrets one token may have (`token_sha256` as a list).
+pub const MAX_SECRETS: usize = 4;
+
+/// Identifies one secret of a token in its live state without holding its
+/// digest: 64 bits folded from the digest, never 0. Positions are not used
+/// for this because they move: `token rotate` puts the new secret in front,
+/// and the old one's last use must stay with the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretTag(u64);
+
+impl SecretTag {
+    /// The tag of the secret whose SHA-256 is `digest`.
+    pub fn of(digest: &[u8; 32]) -> Self {
+        let word = |i: usize| {
+            u64::from_le_bytes([
+                digest[i],
+                digest[i + 1],
+                digest[i + 2],
+                digest[i + 3],
+                digest[i + 4],
+                digest[i + 5],
+                digest[i + 6],
+                digest[i + 7],
+            ])
+        };
+        Self((word(0) ^ word(8).rotate_left(17) ^ word(16).rotate_left(31) ^ word(24).rotate_left(47)) | 1)
+    }
+}
+
+/// The last use of one secret: which secret (its tag, 0 for a free slot)
+/// and when.
+#[derive(Debug, Default)]
+struct SecretUse {
+    tag: AtomicU64,
+    last_ms: AtomicU64,
+}
+
 /// One token's live state.
 #[derive(Debug, Default)]
 pub struct TokenState {
     /// The token's name (for the access log, without holding the table).
     pub name: Arc<str>,
     last_use_ms: AtomicU64,
+    /// The last use of each secret seen, by tag. A token has at most
+    /// `MAX_SECRETS` secrets at a time; a secret seen for the first time
+    /// takes a free slot or the one used longest ago (a removed secret's).
+    secrets: [SecretUse; MAX_SECRETS],
     last_ip: Mutex<Option<IpAddr>>,
     allowed: AtomicU64,
     /// Refusals, indexed by code.
@@ -51,6 +93,35 @@ impl TokenState {
         match self.last_use_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// Last use of the secret `tag`, if it was used since the process started.
+    pub fn secret_last_use(&self, tag: SecretTag) -> Option<SystemTime> {
+        let ms = self
+            .secrets
+            .iter()
+            .filter(|s| s.tag.load(Ordering::Relaxed) == tag.0)
+            .map(|s| s.last_ms.load(Ordering::Relaxed))
+            .max()?;
+        (ms != 0).then(|| UNIX_EPOCH + std::time::Duration::from_millis(ms))
+    }
+
+    /// Records a use of the secret `tag` at `now` (beside [`Self::record`],
+    /// whatever was decided: a client still sending an old secret is using it).
+    pub fn record_secret(&self, tag: SecretTag, now: SystemTime) {
+        let ms = unix_ms(now);
+        if let Some(s) = self.secrets.iter().find(|s| s.tag.load(Ordering::Relaxed) == tag.0) {
+            s.last_ms.fetch_max(ms, Ordering::Relaxed);
+            return;
+        }
+        // First use of this secret: take the slot used longest ago (a free
+        // one has 0). Two first uses at once may take the same slot; the
+        // loser is recorded again on its next use. Advisory, never a lock.
+        let oldest = self.secrets.iter().min_by_key(|s| s.last_ms.load(Ordering::Relaxed));
+        if let Some(s) = oldest {
+            s.tag.store(tag.0, Ordering::Relaxed);
+            s.last_ms.store(ms, Ordering::Relaxed);
         }
     }
 

@@ -2,18 +2,19 @@
 //! the loader and swapped in whole. No I/O, no async, no locks.
 
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use foldhash::fast::RandomState;
 use hashbrown::HashTable;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxHashMap;
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use super::state::{StateRegistry, TokenState};
+use super::state::{SecretTag, StateRegistry, TokenState, MAX_SECRETS};
 use crate::net::canonical_net;
 use crate::percent::hex_val;
 use crate::rights::AccessRight;
@@ -28,8 +29,19 @@ impl fmt::Debug for Token<'_> {
 }
 
 /// The SHA-256 digest of a token: the table's key and what token files hold.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TokenHash(pub [u8; 32]);
+
+impl Hash for TokenHash {
+    /// All 32 bytes as two 128-bit words (with foldhash: two multiplies),
+    /// without the length prefix and byte loop of a slice's hash: this runs
+    /// on every request.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (lo, hi) = self.0.split_at(16);
+        state.write_u128(u128::from_le_bytes(lo.try_into().unwrap_or_default()));
+        state.write_u128(u128::from_le_bytes(hi.try_into().unwrap_or_default()));
+    }
+}
 
 impl TokenHash {
     /// Hashes a token. Done once per request.
@@ -94,6 +106,9 @@ impl IpRestriction {
 /// million tokens fit in about 100 MB. Read through [`TokenRef`].
 #[derive(Debug)]
 pub struct TokenEntry {
+    /// The digest of its first secret (position 0); further ones are in
+    /// the table's `extra`, so that the usual token of one secret is found
+    /// with one look at its entry.
     digest: TokenHash,
     /// Unix milliseconds after which it is expired; 0: never.
     expires_ms: u64,
@@ -105,15 +120,21 @@ pub struct TokenEntry {
     name_len: u32,
     restriction: u32,
     line: u32,
+    /// Index in the table's `extra` of its secret at position 1.
+    extra_at: u32,
     right: u16,
     active: bool,
+    /// How many secrets (digests) it has, 1 to [`MAX_SECRETS`].
+    secrets: u8,
 }
 
-/// A token of a table, with the table it belongs to.
+/// A token of a table, with the table it belongs to and which of its
+/// secrets matched (0 when it was not found by a secret).
 #[derive(Debug, Clone, Copy)]
 pub struct TokenRef<'t> {
     table: &'t TokenTable,
     entry: &'t TokenEntry,
+    secret: u8,
 }
 
 impl<'t> TokenRef<'t> {
@@ -127,7 +148,7 @@ impl<'t> TokenRef<'t> {
         self.entry.active
     }
 
-    /// Past this instant it is refused with TOKEN_EXPIRED.
+    /// Past this instant it is refused with TOKEN_EXPIRED; `None`: `"never"`.
     pub fn expires(&self) -> Option<SystemTime> {
         (self.entry.expires_ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(self.entry.expires_ms))
     }
@@ -152,6 +173,41 @@ impl<'t> TokenRef<'t> {
         self.entry.line
     }
 
+    /// How many secrets it has (`token_sha256` may list up to four).
+    pub fn secrets(&self) -> usize {
+        usize::from(self.entry.secrets)
+    }
+
+    /// The position in `token_sha256` of the secret the request used (0,
+    /// the newest, for a token with one secret or not found by a secret).
+    pub fn secret_position(&self) -> usize {
+        usize::from(self.secret)
+    }
+
+    /// What the live state records the secret the request used by.
+    pub fn secret(&self) -> SecretTag {
+        SecretTag::of(&self.digest_at(self.secret_position()).0)
+    }
+
+    /// The last use of each of its secrets, by position (never a digest):
+    /// what an operator watches to see an old secret go quiet.
+    pub fn secret_last_uses(&self, state: &TokenState) -> Vec<(usize, Option<SystemTime>)> {
+        (0..self.secrets()).map(|p| (p, state.secret_last_use(SecretTag::of(&self.digest_at(p).0)))).collect()
+    }
+
+    /// Its digests, newest first (for tests that compare two tables).
+    #[cfg(test)]
+    pub(crate) fn digests(&self) -> Vec<TokenHash> {
+        (0..self.secrets()).map(|p| *self.digest_at(p)).collect()
+    }
+
+    fn digest_at(&self, position: usize) -> &'t TokenHash {
+        match position {
+            0 => &self.entry.digest,
+            p => &self.table.extra[self.entry.extra_at as usize + p - 1].0,
+        }
+    }
+
     /// Its live state, from `registry` on first use.
     pub fn state(&self, registry: &StateRegistry) -> &'t Arc<TokenState> {
         self.entry.state.get_or_init(|| registry.for_name(self.name()))
@@ -164,28 +220,48 @@ impl<'t> TokenRef<'t> {
     }
 }
 
+/// The most access rights one file may define (a token numbers its right
+/// in 16 bits).
+pub const MAX_RIGHTS: usize = 65_535;
+
+/// Marks an index slot that points into `extra` rather than `entries`.
+const EXTRA: u32 = 1 << 31;
+
 /// The whole table, immutable once built.
 #[derive(Debug, Default)]
 pub struct TokenTable {
-    /// Positions in `entries`, by digest.
+    /// By digest: a position in `entries` (the token's first secret), or
+    /// `EXTRA |` a position in `extra` (a further secret).
     index: HashTable<u32>,
+    /// Hashes digests for `index`. Seeded at random, and over the whole
+    /// digest: a file's digests are whatever its writer put there, and
+    /// hand-made ones sharing a long prefix must not pile up in one bucket
+    /// (the first 8 bytes alone made 200,000 of them take 99 s to load).
+    hasher: RandomState,
     entries: Vec<TokenEntry>,
+    /// The secrets after the first, of tokens that have several, each with
+    /// its entry; a token's are consecutive, from its `extra_at`.
+    extra: Vec<(TokenHash, u32)>,
     /// Every name, back to back.
     names: String,
     restrictions: Vec<IpRestriction>,
     rights: Vec<Arc<AccessRight>>,
 }
 
-fn digest_hash(d: &TokenHash) -> u64 {
-    // A SHA-256 digest is uniformly distributed already.
-    u64::from_le_bytes([d.0[0], d.0[1], d.0[2], d.0[3], d.0[4], d.0[5], d.0[6], d.0[7]])
-}
-
 impl TokenTable {
-    /// Finds a token by its digest.
+    /// Finds a token by the digest of one of its secrets.
     pub fn get(&self, hash: &TokenHash) -> Option<TokenRef<'_>> {
-        let i = self.index.find(digest_hash(hash), |&i| self.entries[i as usize].digest == *hash)?;
-        Some(TokenRef { table: self, entry: &self.entries[*i as usize] })
+        let &v = self.index.find(self.hasher.hash_one(hash), |&v| self.slot_digest(v) == hash)?;
+        if v & EXTRA == 0 {
+            return Some(TokenRef { table: self, entry: &self.entries[v as usize], secret: 0 });
+        }
+        let x = v & !EXTRA;
+        let entry = &self.entries[self.extra[x as usize].1 as usize];
+        Some(TokenRef { table: self, entry, secret: (x - entry.extra_at + 1) as u8 })
+    }
+
+    fn slot_digest(&self, v: u32) -> &TokenHash {
+        slot_digest(&self.entries, &self.extra, v)
     }
 
     /// How many tokens there are.
@@ -200,7 +276,7 @@ impl TokenTable {
 
     /// Every token, in file order.
     pub fn entries(&self) -> impl Iterator<Item = TokenRef<'_>> {
-        self.entries.iter().map(move |entry| TokenRef { table: self, entry })
+        self.entries.iter().map(move |entry| TokenRef { table: self, entry, secret: 0 })
     }
 
     /// The access rights, in file order.
@@ -209,13 +285,24 @@ impl TokenTable {
     }
 }
 
+fn slot_digest<'a>(entries: &'a [TokenEntry], extra: &'a [(TokenHash, u32)], v: u32) -> &'a TokenHash {
+    if v & EXTRA == 0 {
+        &entries[v as usize].digest
+    } else {
+        &extra[(v & !EXTRA) as usize].0
+    }
+}
+
 /// Why a token could not be added: what it shares with an earlier one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Duplicate {
     /// Another token has this name; the line of that one.
     pub name: Option<u32>,
-    /// Another token has this digest (the same secret): its name and line.
-    pub token: Option<(String, u32)>,
+    /// One of its digests (this position of the row's `digests`) is
+    /// another token's (the same secret): that token's name and line.
+    pub token: Option<(usize, String, u32)>,
+    /// The table cannot hold more tokens or secrets (2^31 of each).
+    pub full: bool,
 }
 
 /// Builds a [`TokenTable`], refusing duplicate names and digests.
@@ -224,14 +311,17 @@ pub struct TableBuilder {
     table: TokenTable,
     /// Positions in `entries`, by name.
     by_name: HashTable<u32>,
+    /// Hashes names for `by_name` (seeded: names are the writer's too).
+    name_hasher: RandomState,
     restriction_ids: FxHashMap<Vec<IpNet>, u32>,
 }
 
 /// One token as [`TableBuilder::insert`] takes it, validated.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenRow<'a> {
-    /// SHA-256 of the token.
-    pub digest: TokenHash,
+    /// SHA-256 of each of its secrets, newest first: 1 to [`MAX_SECRETS`],
+    /// distinct.
+    pub digests: &'a [TokenHash],
     /// Its name; the builder refuses a second token with the same one.
     pub name: &'a str,
     /// `false`: refused with TOKEN_INACTIVE.
@@ -261,9 +351,10 @@ impl TableBuilder {
         b
     }
 
-    /// Adds an access right; returns its index for [`TableBuilder::insert`].
+    /// Adds an access right; returns its index for [`TableBuilder::insert`],
+    /// or `None` past [`MAX_RIGHTS`].
     pub fn add_right(&mut self, right: Arc<AccessRight>) -> Option<u16> {
-        let index = u16::try_from(self.table.rights.len()).ok()?;
+        let index = u16::try_from(self.table.rights.len()).ok().filter(|&i| usize::from(i) < MAX_RIGHTS)?;
         self.table.rights.push(right);
         Some(index)
     }
@@ -291,48 +382,67 @@ impl TableBuilder {
 
     /// Adds a token. On a duplicate the table is unchanged.
     pub fn insert(&mut self, t: TokenRow<'_>) -> Result<(), Duplicate> {
-        let TokenTable { index, entries, names, .. } = &mut self.table;
-        let name_hash = FxBuildHasher.hash_one(t.name);
+        let TokenTable { index, hasher, entries, extra, names, .. } = &mut self.table;
+        assert!((1..=MAX_SECRETS).contains(&t.digests.len()), "a token has 1 to {MAX_SECRETS} digests");
+        let name_hash = self.name_hasher.hash_one(t.name);
         let same_name = self.by_name.find(name_hash, |&i| name_of(names, &entries[i as usize]) == t.name);
-        let same_digest = index.find(digest_hash(&t.digest), |&i| entries[i as usize].digest == t.digest);
+        let same_digest = t.digests.iter().enumerate().find_map(|(k, d)| {
+            let &v = index.find(hasher.hash_one(d), |&v| slot_digest(entries, extra, v) == d)?;
+            let owner = if v & EXTRA == 0 { v } else { extra[(v & !EXTRA) as usize].1 };
+            let first = &entries[owner as usize];
+            Some((k, name_of(names, first).to_string(), first.line))
+        });
         if same_name.is_some() || same_digest.is_some() {
             return Err(Duplicate {
                 name: same_name.map(|&i| entries[i as usize].line),
-                token: same_digest.map(|&i| {
-                    let first = &entries[i as usize];
-                    (name_of(names, first).to_string(), first.line)
-                }),
+                token: same_digest,
+                full: false,
             });
         }
-        let pos = entries.len() as u32;
+        let (pos, extra_at) = (entries.len() as u32, extra.len() as u32);
+        if entries.len() >= EXTRA as usize || extra.len() + t.digests.len() >= EXTRA as usize {
+            return Err(Duplicate { full: true, ..Duplicate::default() });
+        }
         let name_at = names.len() as u32;
         names.push_str(t.name);
         let expires_ms = t.expires.map_or(0, |e| {
             e.duration_since(UNIX_EPOCH).map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
         });
         entries.push(TokenEntry {
-            digest: t.digest,
+            digest: t.digests[0],
             expires_ms,
             state: OnceLock::new(),
             name_at,
             name_len: t.name.len() as u32,
             restriction: t.restriction,
             line: t.line,
+            extra_at,
             right: t.right,
             active: t.active,
+            secrets: t.digests.len() as u8,
         });
-        index.insert_unique(digest_hash(&t.digest), pos, |&i| digest_hash(&entries[i as usize].digest));
+        let rehash = |entries: &[TokenEntry], extra: &[(TokenHash, u32)], v: u32| {
+            hasher.hash_one(slot_digest(entries, extra, v))
+        };
+        index.insert_unique(hasher.hash_one(t.digests[0]), pos, |&v| rehash(entries, extra, v));
+        for d in &t.digests[1..] {
+            let x = extra.len() as u32;
+            extra.push((*d, pos));
+            index.insert_unique(hasher.hash_one(d), EXTRA | x, |&v| rehash(entries, extra, v));
+        }
         let names: &str = names;
-        self.by_name.insert_unique(name_hash, pos, |&i| FxBuildHasher.hash_one(name_of(names, &entries[i as usize])));
+        let name_hasher = &self.name_hasher;
+        self.by_name.insert_unique(name_hash, pos, |&i| name_hasher.hash_one(name_of(names, &entries[i as usize])));
         Ok(())
     }
 
     /// The finished table, its storage trimmed to what it holds.
     pub fn finish(mut self) -> TokenTable {
-        let TokenTable { index, entries, names, .. } = &mut self.table;
+        let TokenTable { index, hasher, entries, extra, names, .. } = &mut self.table;
         entries.shrink_to_fit();
+        extra.shrink_to_fit();
         names.shrink_to_fit();
-        index.shrink_to(0, |&i| digest_hash(&entries[i as usize].digest));
+        index.shrink_to(0, |&v| hasher.hash_one(slot_digest(entries, extra, v)));
         self.table
     }
 }

@@ -36,7 +36,7 @@ fn in_process(up: &MockUpstream) -> InProcess {
     );
     let path = dir.path().join("gateway.toml");
     let cfg = Config::parse(&path, &text).unwrap();
-    let (tokens, _warnings) = TokenStore::open(&cfg.tokens_file).unwrap();
+    let (tokens, _warnings) = TokenStore::open(&cfg.tokens_file, cfg.tokens_max_file_bytes).unwrap();
     let upstream = UpstreamClient::new(&cfg.upstream).unwrap();
     let state = GatewayState::new(&cfg, Arc::new(tokens), Arc::new(Metrics::default()), upstream).unwrap();
     InProcess { state: Arc::new(state), _dir: dir }

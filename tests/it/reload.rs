@@ -69,8 +69,8 @@ fn an_invalid_file_keeps_the_old_table_and_a_later_valid_one_applies() {
     let (_up, gw) = start(&version(true));
     let path = gw.path("tokens.toml");
     let broken = version(false).replace(
-        "ip_restriction = []\naccess_right = \"admin\"\n\n[[token]]\nname = \"b\"",
-        "ip_restrictions = []\naccess_right = \"admin\"\n\n[[token]]\nname = \"b\"",
+        "ip_restriction = []\naccess_right = \"admin\"\nexpires = \"never\"\n\n[[token]]\nname = \"b\"",
+        "ip_restrictions = []\naccess_right = \"admin\"\nexpires = \"never\"\n\n[[token]]\nname = \"b\"",
     );
     assert_ne!(broken, version(false));
     rename_save(&path, &broken);
@@ -280,5 +280,196 @@ fn an_emptied_file_is_not_applied() {
     let (_up, gw) = start(&version(true));
     std::fs::write(gw.path("tokens.toml"), "").unwrap();
     gw.wait_log("the refusal", |l| l.contains("an empty file is not applied"));
+    assert_eq!(status(&gw, A), 200);
+}
+
+/// A file with token x inactive (version 1), and one where x is active but
+/// expired since 2020, cut just before its `expires` line: what a writer
+/// leaves when it stops there. Before `expires` was required, that cut was
+/// a valid file that let x in with no end.
+fn x_inactive_and_x_cut_before_expires() -> (String, String, &'static str) {
+    let x = "4444444444444444444444444444444444444444444444444444444444444444";
+    let file = |active: bool| {
+        let t = TokenSpec::new("x", x, "admin").expires("2020-01-01T00:00:00Z");
+        let t = if active { t } else { t.inactive() };
+        TokenFile::new().right("admin", &["*"], &["* /*"]).token(TokenSpec::new("z", Z, "admin")).token(t).render()
+    };
+    let full = file(true);
+    let cut = full[..full.find("expires = 2020").unwrap()].to_string();
+    (file(false), cut, x)
+}
+
+/// The error (the log writes it after `error=`, quotes as they are).
+const NO_EXPIRES: &str = "token `x` has no `expires`: add `expires =";
+
+#[test]
+fn run_refuses_a_file_cut_before_a_tokens_expires() {
+    let (_, cut, _) = x_inactive_and_x_cut_before_expires();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens.toml"), &cut).unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+         [tokens]\nfile = \"tokens.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let (code, _out, err) = run_cli(&["run", "-c", cfg.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("tokens.toml:13:1: {NO_EXPIRES}")), "{err}");
+}
+
+#[test]
+fn the_watcher_refuses_a_file_cut_before_a_tokens_expires() {
+    let (v1, cut, x) = x_inactive_and_x_cut_before_expires();
+    let (_up, gw) = start(&v1);
+    assert_eq!(status(&gw, x), 403);
+    // Written in place and closed: the watcher reads it once it is quiet.
+    std::fs::write(gw.path("tokens.toml"), &cut).unwrap();
+    let line = gw.wait_log("the refusal", |l| l.contains(NO_EXPIRES));
+    assert!(line.contains("tokens.toml:13:1:"), "{line}");
+    assert_eq!(status(&gw, x), 403, "the cut file was applied");
+    assert_eq!(status(&gw, Z), 200);
+}
+
+#[test]
+fn sighup_refuses_a_file_cut_before_a_tokens_expires() {
+    let (v1, cut, x) = x_inactive_and_x_cut_before_expires();
+    let (_up, gw) = start(&v1);
+    std::fs::write(gw.path("tokens.toml"), &cut).unwrap();
+    let hup = std::process::Command::new("kill").args(["-HUP", &gw.pid().to_string()]).status().unwrap();
+    assert!(hup.success());
+    // The signal's own reload reads the file whatever the watcher did, and
+    // refuses it: an error line follows the SIGHUP line.
+    let refused_after_hup = poll(Duration::from_secs(10), || {
+        let log = gw.log();
+        let hup_at = log.iter().position(|l| l.contains("SIGHUP: reloading"))?;
+        log[hup_at..].iter().any(|l| l.contains(NO_EXPIRES)).then_some(())
+    });
+    assert!(refused_after_hup.is_some(), "{}", gw.log().join("\n"));
+    assert_eq!(status(&gw, x), 403, "the cut file was applied");
+}
+
+#[test]
+fn the_one_second_poll_refuses_a_file_cut_before_a_tokens_expires() {
+    // tokens.toml sits in `cur`, a symlink to a version folder; the watch is
+    // on the folder `cur` pointed to when the gateway started, so replacing
+    // the symlink is seen only by the poll of the file's fingerprint.
+    let (v1, cut, x) = x_inactive_and_x_cut_before_expires();
+    let up = MockUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let version = |n: u32, text: &str| {
+        std::fs::create_dir(d.join(format!("v{n}"))).unwrap();
+        std::fs::write(d.join(format!("v{n}/tokens.toml")), text).unwrap();
+        std::os::unix::fs::symlink(format!("v{n}"), d.join("cur.new")).unwrap();
+        std::fs::rename(d.join("cur.new"), d.join("cur")).unwrap();
+    };
+    version(1, &v1);
+    let gw = Gateway::builder(&up.url(), "").tokens_path(&d.join("cur/tokens.toml")).start();
+    assert_eq!(status(&gw, x), 403);
+    version(2, &cut);
+    gw.wait_log("the refusal", |l| l.contains(NO_EXPIRES));
+    assert_eq!(status(&gw, x), 403, "the cut file was applied");
+    // The same path applies a good file: x is refused as expired now.
+    version(3, &format!("{cut}expires = 2020-01-01T00:00:00Z\n"));
+    let expired = poll(Duration::from_secs(5), || {
+        (gw.get(&format!("/opi/XMLAPI?APPTOKEN={x}")).errorcode().as_deref() == Some("TOKEN_EXPIRED")).then_some(())
+    });
+    assert!(expired.is_some(), "{}", gw.log().join("\n"));
+}
+
+fn readyz(gw: &Gateway) -> Response {
+    request(gw.admin, "GET", "/readyz", &[], b"")
+}
+
+fn wait_ready(gw: &Gateway) {
+    assert!(poll(Duration::from_secs(10), || (readyz(gw).status == 200).then_some(())).is_some(), "never ready");
+}
+
+/// Puts `make(tmp)` in place of the token file by rename, and checks that
+/// the gateway says it cannot read it (log, metric, /readyz), keeps serving
+/// the last good table, and applies the next good edit.
+fn unreadable_then_good_edit(gw: &Gateway, make: impl FnOnce(&Path), why: &str) {
+    assert_eq!(status(gw, A), 200);
+    wait_ready(gw);
+    let path = gw.path("tokens.toml");
+    let tmp = gw.path("incoming");
+    make(&tmp);
+    let t = Instant::now();
+    std::fs::rename(&tmp, &path).unwrap();
+    let line = gw.wait_log("the read failure", |l| l.contains("token file cannot be read"));
+    eprintln!("refused after {:?}: {line}", t.elapsed());
+    assert!(line.contains(why), "{line}");
+    assert_eq!(metric(gw, "tokengate_token_file_read_failures_total"), 1);
+    let r = readyz(gw);
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("the token file cannot be read") && r.text().contains(why), "{}", r.text());
+    // The last good table serves on.
+    assert_eq!(status(gw, A), 200);
+    assert_eq!(status(gw, B), 403);
+    rename_save(&path, &version(false));
+    assert!(wait_status(gw, B, 200, Duration::from_secs(5)), "{}", gw.log().join("\n"));
+    assert_eq!(status(gw, A), 403);
+    wait_ready(gw);
+    assert_eq!(metric(gw, "tokengate_token_file_read_failures_total"), 1);
+}
+
+#[test]
+fn a_fifo_renamed_over_the_file_is_refused_without_hanging_and_the_next_edit_applies() {
+    let (_up, gw) = start(&version(true));
+    let mkfifo = |p: &Path| assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success());
+    unreadable_then_good_edit(&gw, mkfifo, "it is a FIFO, not a regular file");
+}
+
+#[test]
+fn a_symlink_to_dev_zero_is_refused_and_the_next_edit_applies() {
+    let (_up, gw) = start(&version(true));
+    let link = |p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap();
+    unreadable_then_good_edit(&gw, link, "it is a character device, not a regular file");
+}
+
+#[test]
+fn a_sparse_file_over_max_file_bytes_is_refused_unread_and_the_next_edit_applies() {
+    let up = MockUpstream::start();
+    let gw = Gateway::builder(&up.url(), &version(true)).tokens_extra("max_file_bytes = 65536").start();
+    // 1 GiB that takes no room on disk; the limit refuses it by its size.
+    let sparse = |p: &Path| std::fs::File::create(p).unwrap().set_len(1 << 30).unwrap();
+    unreadable_then_good_edit(&gw, sparse, "larger than tokens.max_file_bytes (65536)");
+}
+
+#[test]
+fn a_mistyped_secret_is_not_quoted_in_the_reload_log() {
+    let (_up, gw) = start(&version(true));
+    let secret = "8765432123456789";
+    let broken = version(false).replacen("token_sha256 = \"", &format!("token = {secret}\n#\""), 1);
+    rename_save(&gw.path("tokens.toml"), &broken);
+    let line = gw.wait_log("the refusal", |l| l.contains("`token` must be a string in quotes"));
+    assert!(line.contains("tokens.toml:8:9:"), "{line}");
+    assert!(!gw.log().iter().any(|l| l.contains(secret)), "{}", gw.log().join("\n"));
+    assert_eq!(status(&gw, A), 200);
+}
+
+#[test]
+fn a_hundred_thousand_digests_sharing_a_long_prefix_load_in_linear_time() {
+    // Hand-made digests equal but for their last 8 hex digits. Hashed by
+    // their first 8 bytes they all fell in one bucket: 200,000 took 99 s.
+    let n = 100_000;
+    let mut text = String::with_capacity(n * 190);
+    text.push_str("[access_rights.admin]\nactions = [\"*\"]\n\n");
+    for i in 0..n {
+        text += &format!(
+            "[[token]]\nname = \"p{i}\"\nactive = true\ntoken_sha256 = \"{}{i:08x}\"\nip_restriction = []\n\
+             access_right = \"admin\"\nexpires = \"never\"\n\n",
+            "ab".repeat(28)
+        );
+    }
+    text += &TokenFile::new().token(TokenSpec::new("real", A, "admin")).render();
+    let up = MockUpstream::start();
+    let t = Instant::now();
+    // The harness gives the gateway 20 s to start; quadratic would be minutes.
+    let gw = Gateway::start(&up.url(), &text);
+    eprintln!("{} tokens with a shared 56-digit prefix: listening after {:?}", n + 1, t.elapsed());
+    assert_eq!(metric(&gw, "tokengate_tokens_loaded"), n as u64 + 1);
     assert_eq!(status(&gw, A), 200);
 }

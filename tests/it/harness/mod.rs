@@ -34,6 +34,8 @@ pub fn sha256_hex(s: &str) -> String {
 pub struct TokenSpec {
     pub name: String,
     pub secret: String,
+    /// Further secrets after `secret` (rotation): `token_sha256` is then a list.
+    pub older: Vec<String>,
     pub right: String,
     pub active: bool,
     pub ips: Vec<String>,
@@ -45,6 +47,7 @@ impl TokenSpec {
         Self {
             name: name.into(),
             secret: secret.into(),
+            older: Vec::new(),
             right: right.into(),
             active: true,
             ips: Vec::new(),
@@ -59,8 +62,14 @@ impl TokenSpec {
         self.active = false;
         self
     }
+    /// `expires` as a TOML date-time; without it the token has `"never"`.
     pub fn expires(mut self, at: &str) -> Self {
         self.expires = Some(at.into());
+        self
+    }
+    /// An older secret after the others (as `token rotate` leaves it).
+    pub fn also(mut self, secret: &str) -> Self {
+        self.older.push(secret.into());
         self
     }
 }
@@ -95,18 +104,20 @@ impl TokenFile {
             out += &format!("[access_rights.{name}]\nactions = [{}]\nroutes = [{}]\n\n", q(actions), q(routes));
         }
         for t in &self.tokens {
+            let digest = if t.older.is_empty() {
+                format!("\"{}\"", sha256_hex(&t.secret))
+            } else {
+                let all: Vec<String> = std::iter::once(&t.secret).chain(&t.older).map(|s| sha256_hex(s)).collect();
+                format!("[{}]", q(&all))
+            };
             out += &format!(
-                "[[token]]\nname = {:?}\nactive = {}\ntoken_sha256 = \"{}\"\nip_restriction = [{}]\naccess_right = {:?}\n",
+                "[[token]]\nname = {:?}\nactive = {}\ntoken_sha256 = {digest}\nip_restriction = [{}]\naccess_right = {:?}\n",
                 t.name,
                 t.active,
-                sha256_hex(&t.secret),
                 q(&t.ips),
                 t.right
             );
-            if let Some(e) = &t.expires {
-                out += &format!("expires = {e}\n");
-            }
-            out += "\n";
+            out += &format!("expires = {}\n\n", t.expires.as_deref().unwrap_or("\"never\""));
         }
         out
     }
@@ -146,6 +157,7 @@ pub struct GatewayBuilder {
     timeout: String,
     tokens_path: Option<PathBuf>,
     upstream_extra: String,
+    tokens_extra: String,
     server_extra: String,
     admin_extra: String,
     one_cpu: bool,
@@ -182,6 +194,12 @@ impl GatewayBuilder {
         self.admin_extra.push('\n');
         self
     }
+    /// Extra lines inside `[tokens]` (`max_file_bytes = ...`).
+    pub fn tokens_extra(mut self, lines: &str) -> Self {
+        self.tokens_extra.push_str(lines);
+        self.tokens_extra.push('\n');
+        self
+    }
     /// Point `tokens.file` at an existing file instead of writing one.
     pub fn tokens_path(mut self, p: &Path) -> Self {
         self.tokens_path = Some(p.to_path_buf());
@@ -210,8 +228,14 @@ impl GatewayBuilder {
         let apptoken = if self.apptoken { "apptoken_file = \"upstream.token\"\n" } else { "" };
         let mut cfg = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream]\nurl = \"{}\"\n{apptoken}{}timeout = \"{}\"\n\n\
-             [tokens]\nfile = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n",
-            self.server_extra, self.upstream, self.upstream_extra, self.timeout, tokens_file, self.admin_extra
+             [tokens]\nfile = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n",
+            self.server_extra,
+            self.upstream,
+            self.upstream_extra,
+            self.timeout,
+            tokens_file,
+            self.tokens_extra,
+            self.admin_extra
         );
         cfg.push_str(&self.extra);
         if !self.extra.contains("[client_ip]") {
@@ -241,6 +265,7 @@ impl Gateway {
             timeout: "5s".into(),
             tokens_path: None,
             upstream_extra: String::new(),
+            tokens_extra: String::new(),
             server_extra: String::new(),
             admin_extra: String::new(),
             one_cpu: false,
@@ -389,6 +414,32 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         sin.write_all(s.as_bytes()).unwrap();
     }
     drop(sin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Like [`run_cli`], but the command is killed when it has not exited
+/// `within` (then the code is -1): for commands that must not hang.
+pub fn run_cli_within(args: &[&str], within: Duration) -> (i32, String, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
