@@ -13,13 +13,12 @@ use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::request::Parts;
 
 use crate::decide::client_ip::{resolve, PeerAddr, TrustedProxies};
-use crate::decide::params::{Malformed, ParamValue, Params};
+use crate::decide::params::{ParamValue, Params};
 use crate::decide::route::CanonicalPath;
 use crate::decide::{caller, BodyCheck, DecisionInput};
 use crate::telemetry::access::AccessRecord;
 use crate::tokens::reload::TokenStore;
 use crate::tokens::state::TokenState;
-use crate::tokens::table::TokenHash;
 
 /// Whether the query alone asks for JSON answers (`JSON=1`), for answers
 /// given before the body is read.
@@ -59,12 +58,16 @@ pub struct BeforeBody<'r> {
     /// The token the query names, when rows 1 to 4 admit it: the body is
     /// read in the known tokens' room, in this token's share.
     pub token: Option<Arc<TokenState>>,
-    /// That token's value and digest, for the decision to reuse.
-    pub digest: Option<(Cow<'r, [u8]>, TokenHash)>,
+    /// The decision's input so far (query, path, client, and the query
+    /// token's digest), which the form completes: nothing is read twice.
+    pub asked: DecisionInput<'r>,
+}
+
+impl BeforeBody<'_> {
     /// The client address (the shared room's shares are by address).
-    pub client: IpAddr,
-    /// `JSON=1` in the query.
-    pub json: bool,
+    pub fn client(&self, peer: PeerAddr) -> IpAddr {
+        client_for_log(&self.asked, peer)
+    }
 }
 
 /// Looks at the query of a request whose form body is still to be read:
@@ -77,32 +80,46 @@ pub fn before_body<'r>(
     tokens: &TokenStore,
     now: SystemTime,
 ) -> BeforeBody<'r> {
-    let asked = gather(parts, None, BodyCheck::Fine, peer, trusted, now, None);
-    let client = client_for_log(&asked, peer);
-    let json = json(&asked);
+    let mut asked = gather(parts, None, BodyCheck::Fine, peer, trusted, now);
     let table = tokens.current();
-    match caller(&table, &asked) {
-        Ok(c) => BeforeBody {
-            token: Some(c.token.state(tokens.states()).clone()),
-            digest: Some((own_or_borrow(&asked.params, c.apptoken), c.digest)),
-            client,
-            json,
-        },
-        Err(_) => BeforeBody { token: None, digest: None, client, json },
-    }
+    let (token, digest) = match caller(&table, &asked) {
+        // The digest is kept for the value it hashes, when that is borrowed
+        // from the query (a decoded one is hashed again: rare).
+        Ok(c) => {
+            let state = c.token.state(tokens.states()).clone();
+            let digest = match &asked.params {
+                Ok(Params { apptoken: ParamValue::One(Cow::Borrowed(value)), .. }) => Some((*value, c.digest)),
+                _ => None,
+            };
+            (Some(state), digest)
+        }
+        Err(_) => (None, None),
+    };
+    drop(table);
+    asked.known_digest = digest;
+    BeforeBody { token, asked }
 }
 
-/// The APPTOKEN value, borrowed from the query when it was not decoded.
-fn own_or_borrow<'r>(params: &Result<Params<'r>, Malformed>, value: &[u8]) -> Cow<'r, [u8]> {
-    match params {
-        Ok(Params { apptoken: ParamValue::One(Cow::Borrowed(b)), .. }) => Cow::Borrowed(*b),
-        _ => Cow::Owned(value.to_vec()),
+/// Completes the input [`before_body`] gathered with the form read since,
+/// at `now`.
+pub fn with_form<'r>(
+    mut asked: DecisionInput<'r>,
+    form: Option<&'r [u8]>,
+    body: BodyCheck,
+    now: SystemTime,
+) -> DecisionInput<'r> {
+    if let (Ok(params), Some(form)) = (&mut asked.params, form) {
+        if let Err(e) = params.scan(form) {
+            asked.params = Err(e);
+        }
     }
+    asked.body = body;
+    asked.now = now;
+    asked
 }
 
 /// Gathers what the request of `parts` (with `form`, when its body was a
-/// form read whole) asks, at `now`; `known_digest` is an APPTOKEN digest
-/// computed already, from [`before_body`].
+/// form read whole) asks, at `now`.
 pub fn gather<'r>(
     parts: &'r Parts,
     form: Option<&'r [u8]>,
@@ -110,7 +127,6 @@ pub fn gather<'r>(
     peer: PeerAddr,
     trusted: &TrustedProxies,
     now: SystemTime,
-    known_digest: Option<(&'r [u8], TokenHash)>,
 ) -> DecisionInput<'r> {
     let path = CanonicalPath::parse(parts.uri.path());
     let mut params = Params::default();
@@ -124,5 +140,5 @@ pub fn gather<'r>(
     }
     let forwarded_for = || parts.headers.get_all(HeaderName::from_static("x-forwarded-for")).iter();
     let resolved = resolve(peer, forwarded_for, trusted);
-    DecisionInput { method: &parts.method, path, params, body, client: resolved, now, known_digest }
+    DecisionInput { method: &parts.method, path, params, body, client: resolved, now, known_digest: None }
 }

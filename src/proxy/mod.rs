@@ -156,19 +156,20 @@ where
         //    (it may hold the APPTOKEN or ACTION that decide the request),
         //    in the room of the token its query names when that token may
         //    be used from here, else in the room shared by client address.
-        let (body, known_digest) = match gateway.inspector.plan(&parts.headers, body) {
+        let (body, early) = match gateway.inspector.plan(&parts.headers, body) {
             BodyPlan::Ready(body) => (body, None),
             BodyPlan::ReadForm(form) => {
                 let early = gather::before_body(&parts, peer, &gateway.trusted, &gateway.tokens, SystemTime::now());
                 let account = match &early.token {
                     Some(state) => Account::Token(state),
-                    None => Account::Client(early.client),
+                    None => Account::Client(early.client(peer)),
                 };
                 match gateway.inspector.read_form(form, account).await {
-                    Ok(body) => (body, early.digest),
+                    Ok(body) => (body, Some(early.asked)),
                     Err(inspect::NoRoom) => {
-                        let record = AccessRecord::new(start, early.client, &parts);
-                        return own_answer(GatewayError::Busy, record, Shape { json: early.json, ..Shape::default() });
+                        let record = AccessRecord::new(start, early.client(peer), &parts);
+                        let shape = Shape { json: gather::json(&early.asked), ..Shape::default() };
+                        return own_answer(GatewayError::Busy, record, shape);
                     }
                 }
             }
@@ -178,8 +179,10 @@ where
         // serves the whole decision.
         let now = SystemTime::now();
         // 2. Gather what the request asks.
-        let known_digest = known_digest.as_ref().map(|(value, digest)| (&**value, *digest));
-        let asked = gather::gather(&parts, body.form(), body.check(), peer, &gateway.trusted, now, known_digest);
+        let asked = match early {
+            Some(asked) => gather::with_form(asked, body.form(), body.check(), now),
+            None => gather::gather(&parts, body.form(), body.check(), peer, &gateway.trusted, now),
+        };
         let client = gather::client_for_log(&asked, peer);
         let shape = Shape {
             json: gather::json(&asked),

@@ -217,8 +217,16 @@ pub async fn drive<C: Future>(
         shutdown(conn.as_mut());
         closing = true;
     }
+    // Made once, not per wake-up: this loop runs for every read and write
+    // of the connection, and the connection is polled first (`biased`, no
+    // random order to draw).
+    let changed = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(changed);
     loop {
         tokio::select! {
+            biased;
             _ = conn.as_mut() => return,
             () = &mut first, if !past_first => {
                 if !activity.started() {
@@ -250,14 +258,12 @@ pub async fn drive<C: Future>(
                     None => idle.as_mut().reset(now + deadlines.idle),
                 }
             }
-            r = stop.changed(), if !stopping => {
-                // A dropped sender is a stop too.
-                if r.is_err() || *stop.borrow() {
-                    stopping = true;
-                    if !closing {
-                        shutdown(conn.as_mut());
-                        closing = true;
-                    }
+            () = &mut changed, if !stopping => {
+                // A stop, or a dropped sender (which is a stop too).
+                stopping = true;
+                if !closing {
+                    shutdown(conn.as_mut());
+                    closing = true;
                 }
             }
         }
