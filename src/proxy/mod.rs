@@ -8,9 +8,10 @@
 //! | 1. inspect the body | [`inspect`] | a form is read whole (it may carry APPTOKEN or ACTION); other bodies stream on |
 //! | 2. gather | [`gather`] | APPTOKEN, ACTION, JSON, the path as Tomcat maps it, the client address |
 //! | 3. decide | [`crate::decide`] | the pure decision of §5, row by row; a grant is final |
-//! | 4. count | [`count`] | the decision against the token's live state, or the anonymous counters |
-//! | 5. rewrite | [`rewrite`] | APPTOKEN out, the credential in, headers for the upstream |
-//! | 6. forward | [`upstream`], [`pool`] | send it on a kept-alive connection; stream the answer back |
+//! | 4. limit | [`limit`] | the token's concurrency and rate (§5's last row), locally or in Redis |
+//! | 5. count | [`count`] | the decision against the token's live state, or the anonymous counters |
+//! | 6. rewrite | [`rewrite`] | APPTOKEN out, the credential in, headers for the upstream |
+//! | 7. forward | [`upstream`], [`pool`], [`rest`] | send it on a kept-alive connection; stream the answer back |
 //!
 //! A stage that ends the request returns the gateway's own answer
 //! ([`GatewayError`]) at once; a refused request never reaches stage 5.
@@ -26,10 +27,12 @@ pub mod rewrite;
 pub mod upstream;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::future::Either as FutureEither;
 use futures_util::FutureExt as _;
 use http::header::InvalidHeaderValue;
 use http::{HeaderValue, Request, Response};
@@ -45,6 +48,7 @@ use crate::percent::Spelled;
 use crate::telemetry::access::{AccessRecord, Logged};
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::reload::TokenStore;
+use crate::tokens::state::Decision;
 use inspect::{Account, BodyPlan, InspectBudget, Inspector};
 use pool::UpstreamBody;
 use rest::{NoRestToken, RestSession};
@@ -76,6 +80,8 @@ pub struct GatewayState {
     pub denial_status: DenialStatus,
     /// `[upstream.rest]`: the scanner's REST token for REST routes.
     pub rest: Option<Arc<RestSession>>,
+    /// `[limits.shared]`: per-token rates counted in Redis.
+    pub shared_limits: Option<Arc<limit::SharedStore>>,
 }
 
 /// How the gateway's own answer to one request is shaped.
@@ -104,6 +110,7 @@ impl GatewayState {
             let (cred, host) = (cfg.upstream.apptoken.clone(), upstream_host.clone());
             Arc::new(RestSession::new(rest, cred, host, upstream.clone(), metrics.clone()))
         });
+        let shared_limits = cfg.shared_limits.as_ref().map(|c| limit::SharedStore::start(c, metrics.clone()));
         Ok(Self {
             tokens,
             metrics,
@@ -122,6 +129,7 @@ impl GatewayState {
                 ),
             },
             denial_status: cfg.denial_status,
+            shared_limits,
             rest,
         })
     }
@@ -137,7 +145,7 @@ where
     let start = Instant::now();
     // Stages 1 to 5. Only owned values leave this block: the request's
     // pieces then take no room in the future while it waits upstream.
-    let (upstream_request, record, shape, rest) = {
+    let admitted_request = {
         let (parts, body) = req.into_parts();
 
         // 0. Framing first: a request that could be read two ways is
@@ -164,7 +172,9 @@ where
                     Some(state) => Account::Token(state),
                     None => Account::Client(early.client(peer)),
                 };
-                match gateway.inspector.read_form(form, account).await {
+                // Boxed: its state, beside the early look's, would double the
+                // future every request moves through the stack.
+                match Box::pin(gateway.inspector.read_form(form, account)).await {
                     Ok(body) => (body, Some(early.asked)),
                     Err(inspect::NoRoom) => {
                         let record = AccessRecord::new(start, early.client(peer), &parts);
@@ -191,18 +201,35 @@ where
         let mut record = AccessRecord::new(start, client, &parts);
         record.action = gather::action_for_log(&asked);
 
-        // 3. Decide, row by row of §5.
+        // 3. Decide, row by row of §5. A refusal is counted and answered.
         let table = gateway.tokens.current();
-        let verdict = decide(&table, &asked);
-
-        // 4. Count the decision, granted or not.
-        record.token = count::count(&verdict, gateway.tokens.states(), &gateway.metrics, client, now);
-        let grant = match verdict {
+        let grant = match decide(&table, &asked) {
             Ok(grant) => grant,
-            Err(refusal) => return own_answer(refusal.denial.into(), record, shape),
+            Err(refusal) => {
+                record.token = count::refusal(&refusal, gateway.tokens.states(), &gateway.metrics, client, now);
+                return own_answer(refusal.denial.into(), record, shape);
+            }
+        };
+        let granted = count::Granted::new(grant.token, gateway.tokens.states(), client, now);
+        record.token = Some(granted.state.name.clone());
+
+        // 4. Limit: the token's concurrency, and its rate on this replica
+        //    (the last row of §5; a token without limits is not looked at).
+        let limits = grant.token.limits();
+        let admitted = if limits.any() {
+            let state = &granted.state;
+            match limit::local(&limits, &state.bucket, &state.in_flight, gateway.shared_limits.is_some()) {
+                Ok(admitted) => admitted,
+                Err(denial) => {
+                    granted.count(Decision::Denied(denial.code()));
+                    return own_answer(denial.into(), record, shape);
+                }
+            }
+        } else {
+            limit::Admitted::default()
         };
 
-        // 5. Rewrite for the upstream: the path that was matched, the
+        // 6. Rewrite for the upstream: the path that was matched, the
         //    client that was allowed. A REST route with [upstream.rest]
         //    carries the scanner's REST token (stage 6), not the APPTOKEN.
         let rest = gateway.rest.clone().filter(|_| !grant.path.is_xmlapi());
@@ -217,14 +244,65 @@ where
         drop(asked);
         let host = &gateway.upstream_host;
         let upstream_request = rewrite::upstream_request(parts, body, target, host, forwarded_for, holding_token);
-        (upstream_request, record, shape, rest)
+        (upstream_request, record, shape, rest, granted, admitted)
     };
 
-    // 6. Forward, and stream the answer back.
+    // What follows builds the future to wait for, in a block of its own:
+    // the request's pieces then take no room beside it while it waits.
+    let forwarding = {
+        let (upstream_request, record, shape, rest, granted, admitted) = admitted_request;
+        // 4, continued: a rate shared across replicas is counted in Redis
+        // (one round trip; boxed with what follows: limited tokens only).
+        if let (Some(rate), Some(store)) = (admitted.shared_rate, gateway.shared_limits.clone()) {
+            let held = admitted.in_flight;
+            let tail = shared_then_forward(gateway, store, rate, granted, held, upstream_request, record, shape, rest);
+            FutureEither::Right(Box::pin(tail) as BoxedAnswer)
+        } else {
+            // 5. Count the grant, now final. The request holds its place
+            //    among the token's in flight until its answer is over.
+            granted.count(Decision::Allowed);
+            let mut record = record;
+            record.hold = admitted.in_flight;
+            // 7. Forward, and stream the answer back.
+            match rest {
+                None => FutureEither::Left(forward(gateway, upstream_request, record, shape)),
+                // Boxed: the REST token's renewal is the rare path.
+                Some(rest) => {
+                    let rest = forward_rest(gateway, rest, upstream_request, record, shape);
+                    FutureEither::Right(Box::pin(rest) as BoxedAnswer)
+                }
+            }
+        }
+    };
+    forwarding.await
+}
+
+/// The rare paths' future, boxed so that it takes no room in every request's.
+type BoxedAnswer = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+
+/// Stages 4 (the rate, in Redis), 5 and 7 of a token whose rate is shared.
+#[allow(clippy::too_many_arguments)]
+async fn shared_then_forward(
+    gateway: Arc<GatewayState>,
+    store: Arc<limit::SharedStore>,
+    (rate, burst): (crate::quota::Rate, u32),
+    granted: count::Granted,
+    held: Option<crate::quota::InFlightGuard>,
+    request: Request<UpstreamBody>,
+    mut record: AccessRecord,
+    shape: Shape,
+    rest: Option<Arc<RestSession>>,
+) -> Response<ResponseBody> {
+    let state = &granted.state;
+    if let Err(denial) = store.take(&state.name, rate, burst, &state.bucket).await {
+        granted.count(Decision::Denied(denial.code()));
+        return own_answer(denial.into(), record, shape);
+    }
+    granted.count(Decision::Allowed);
+    record.hold = held;
     match rest {
-        None => forward(gateway, upstream_request, record, shape).await,
-        // Boxed: the REST token's renewal is the rare path.
-        Some(rest) => Box::pin(forward_rest(gateway, rest, upstream_request, record, shape)).await,
+        None => forward(gateway, request, record, shape).await,
+        Some(rest) => forward_rest(gateway, rest, request, record, shape).await,
     }
 }
 

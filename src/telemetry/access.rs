@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::denial::GatewayError;
 use crate::net::IpText;
+use crate::quota::InFlightGuard;
 
 /// The target of access events, for `TOKENGATE_LOG` filters.
 pub const TARGET: &str = "tokengate::access";
@@ -39,6 +40,9 @@ pub struct AccessRecord {
     pub error: Option<GatewayError>,
     /// Status the upstream answered with.
     pub upstream_status: Option<u16>,
+    /// The request's place among its token's in flight, held until the
+    /// answer is over (when the line is written) or the client went away.
+    pub hold: Option<InFlightGuard>,
 }
 
 impl AccessRecord {
@@ -54,6 +58,7 @@ impl AccessRecord {
             action: None,
             error: None,
             upstream_status: None,
+            hold: None,
         }
     }
 
@@ -93,11 +98,13 @@ impl AccessRecord {
     /// but printable ASCII becomes `?`, so a caller cannot forge log lines or
     /// fields.
     pub fn action_for_log(action: &[u8]) -> Box<str> {
-        action
-            .iter()
-            .take(64)
-            .map(|&b| if b.is_ascii_graphic() && b != b'"' && b != b'\\' { char::from(b) } else { '?' })
-            .collect()
+        let shown = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
+        let action = &action[..action.len().min(64)];
+        // The usual ACTION needs no replacing: copied as it is.
+        if action.iter().all(|&b| shown(b)) {
+            return std::str::from_utf8(action).map(Box::from).unwrap_or_default();
+        }
+        action.iter().map(|&b| if shown(b) { char::from(b) } else { '?' }).collect()
     }
 }
 

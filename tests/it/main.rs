@@ -12,6 +12,7 @@ mod faults;
 mod forwarding;
 mod framing;
 mod layers;
+mod limits;
 mod metrics_text;
 mod pipeline;
 mod reload;

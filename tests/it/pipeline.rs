@@ -107,12 +107,14 @@ fn a_form_body_is_read_decided_and_stripped_in_process() {
 #[test]
 fn the_request_future_stays_small() {
     // It is moved through the stack with every request: its size is what
-    // those moves copy. Its two waits are a form's read (about 600 bytes)
-    // and the upstream exchange (about 1,050 with its timer); a new
-    // connection's handshake state is boxed in the pool. 1,600 bytes when
-    // this was written (the build before, with nested `Either`s and the
-    // form path boxed, had 1,232: the difference is the request's own
-    // pieces, kept by an async fn for as long as it runs).
+    // those moves copy. Its waits: a form's read (boxed: beside the early
+    // look's input it would double the future), the upstream exchange
+    // (about 1,280 bytes with its timer and the access record), and the
+    // rare paths (REST, a shared rate), boxed; a new connection's handshake
+    // state is boxed in the pool. 1,608 bytes when this was written (the
+    // build before the pipeline refactor, with nested `Either`s and the form
+    // path boxed, had 1,232: the difference is the request's own pieces,
+    // kept by an async fn for as long as it runs).
     let up = MockUpstream::start();
     let p = in_process(&up);
     let fut = handle(p.state.clone(), PEER, get("/opi/XMLAPI"));

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod h2client;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 
