@@ -193,6 +193,16 @@ routes = ["GET /opi/rest/outscan/*"]
 actions = ["*"]
 routes = ["* /*"]
 [access_rights.probe-only]
+[access_rights.minter]
+actions = ["GETRESTTOKEN"]
+routes = ["POST /opi/rest/auth/login"]
+[[token]]
+name = "minter"
+active = true
+token = "MT"
+ip_restriction = []
+access_right = "minter"
+expires = "never"
 [[token]]
 name = "ro"
 active = true
@@ -341,6 +351,30 @@ expires = "never"
             (Case { path: "/opi/rest/outscan/../admin/x", ..case("APPTOKEN=RO") }, Err(RouteNotAllowed)),
             (Case { path: "/opi/rest/admin", method: Method::DELETE, ..case("APPTOKEN=AD") }, Ok("admin".into())),
             (Case { path: "/opi/rest/outscan/x", ..case("APPTOKEN=PR") }, Err(RouteNotAllowed)),
+            // Row 5: credential-minting calls, never covered by a wildcard
+            // (§4), allowed to a right that names them.
+            (case("APPTOKEN=AD&ACTION=GETRESTTOKEN"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=AD&action=getRestToken"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=AD&ACTION=%47ETRESTTOKEN"), Err(ActionNotAllowed)),
+            (Case { body: "ACTION=GETRESTTOKEN", ..case("APPTOKEN=AD") }, Err(ActionNotAllowed)),
+            (case("APPTOKEN=AD&ACTION=TARGETDATA"), Ok("admin".into())),
+            (case("APPTOKEN=MT&ACTION=GETRESTTOKEN"), Ok("minter".into())),
+            (case("APPTOKEN=MT&ACTION=TARGETDATA"), Err(ActionNotAllowed)),
+            (Case { path: "/opi/rest/auth/login", method: Method::POST, ..case("APPTOKEN=AD") }, Err(RouteNotAllowed)),
+            (Case { path: "/opi/rest/AUTH/Login", method: Method::POST, ..case("APPTOKEN=AD") }, Err(RouteNotAllowed)),
+            (Case { path: "/opi/rest/auth", method: Method::POST, ..case("APPTOKEN=AD") }, Err(RouteNotAllowed)),
+            (
+                Case { path: "/opi//rest/./auth/login", method: Method::POST, ..case("APPTOKEN=AD") },
+                Err(RouteNotAllowed),
+            ),
+            (
+                Case { path: "/opi/rest/%61uth/login", method: Method::POST, ..case("APPTOKEN=AD") },
+                Err(RouteNotAllowed),
+            ),
+            (Case { path: "/opi/rest/authority", ..case("APPTOKEN=AD") }, Ok("admin".into())),
+            (Case { path: "/opi/rest/auth/login", method: Method::POST, ..case("APPTOKEN=MT") }, Ok("minter".into())),
+            (Case { path: "/opi/rest/auth/login", ..case("APPTOKEN=MT") }, Err(RouteNotAllowed)),
+            (Case { path: "/opi/rest/auth/logout", method: Method::POST, ..case("APPTOKEN=MT") }, Err(RouteNotAllowed)),
         ];
         for (i, (c, want)) in rows.iter().enumerate() {
             assert_eq!(&run(&t, c), want, "row {i}: {} {}?{} body={:?}", c.method, c.path, c.query, c.body);

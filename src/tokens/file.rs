@@ -28,7 +28,7 @@ use super::state::MAX_SECRETS;
 use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable, MAX_RIGHTS};
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
 use crate::net::parse_cidr;
-use crate::rights::{AccessRight, Actions, RoutePattern};
+use crate::rights::{is_minting_action, AccessRight, Actions, RoutePattern};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,16 +342,11 @@ impl<'a> Builder<'a> {
                     self.src.error(Some(p.span.clone()), "`token` must not be empty");
                     None
                 } else {
-                    let (line, column) = self.src.line_col(p.span.start);
-                    self.warnings.push(ConfigError {
-                        file: self.src.path().to_path_buf(),
-                        line,
-                        column,
-                        message: format!(
-                            "token `{}` is stored in plain text; store `token_sha256` instead (tokengate token hash)",
-                            shown(name)
-                        ),
-                    });
+                    let msg = format!(
+                        "token `{}` is stored in plain text; store `token_sha256` instead (tokengate token hash)",
+                        shown(name)
+                    );
+                    self.warn(p.span.start, msg);
                     Some(vec![TokenHash::of(&Token(p.text.as_bytes()))])
                 }
             }
@@ -379,6 +374,12 @@ impl<'a> Builder<'a> {
             }
         };
         Some((digests?, expires, restriction.unwrap_or(0)))
+    }
+
+    /// A warning for `check` and the load's log, at `at` (a byte offset).
+    fn warn(&mut self, at: usize, message: String) {
+        let (line, column) = self.src.line_col(at);
+        self.warnings.push(ConfigError { file: self.src.path().to_path_buf(), line, column, message });
     }
 
     /// The digests of `token_sha256`: 1 to 4, each 64 hex digits, distinct.
@@ -503,13 +504,34 @@ impl<'a> Sink<'a> for Builder<'a> {
                     format!("{v:?} is not an XMLAPI ACTION name (letters, digits, _) or \"*\""),
                 );
             } else {
+                if is_minting_action(v.as_bytes()) {
+                    let msg = format!(
+                        "access right `{}` names {}: its tokens can have the scanner mint a REST token of the \
+                         gateway's own credential, usable for 10 minutes past every check of the gateway (\"*\" \
+                         never covers it; keep it only where that is meant)",
+                        shown(&r.name),
+                        v.to_ascii_uppercase()
+                    );
+                    self.warn(a.span.start, msg);
+                }
                 actions.push(v.to_ascii_uppercase().into_boxed_str());
             }
         }
         let mut routes = Vec::new();
         for rt in &r.routes {
             match RoutePattern::parse(&rt.text) {
-                Ok(p) => routes.push(p),
+                Ok(p) => {
+                    if p.names_minting_path() {
+                        let msg = format!(
+                            "access right `{}` allows `{p}`, a REST login: its tokens can obtain a scanner \
+                             credential of the gateway's own, usable past every check of the gateway (a glob with \
+                             `*` never covers it; keep it only where that is meant)",
+                            shown(&r.name)
+                        );
+                        self.warn(rt.span.start, msg);
+                    }
+                    routes.push(p)
+                }
                 Err(msg) => self.src.error(Some(rt.span.clone()), msg),
             }
         }
@@ -586,6 +608,26 @@ expires = "never"
         assert_eq!(l.warnings.len(), 1);
         assert!(l.warnings[0].to_string().starts_with("tokens.toml:21:9: token `ops` is stored in plain text"));
         assert!(!l.warnings[0].message.contains("\"plain\""));
+    }
+
+    #[test]
+    fn a_right_naming_a_credential_minting_call_is_warned_about_where_it_names_it() {
+        let text = r#"[access_rights.everything]
+actions = ["*"]
+routes = ["* /*", "POST /opi/rest/*"]
+
+[access_rights.minter]
+actions = ["TARGETDATA", "getRestToken"]
+routes = ["GET /opi/rest/outscan/*", "POST /opi/rest/auth/login"]
+"#;
+        let l = parse_str(text).unwrap();
+        let w: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 2, "wildcards do not cover them, so only the naming right is warned about: {w:?}");
+        assert!(w[0].starts_with("tokens.toml:6:26: access right `minter` names GETRESTTOKEN"), "{w:?}");
+        assert!(
+            w[1].starts_with("tokens.toml:7:38: access right `minter` allows `POST /opi/rest/auth/login`"),
+            "{w:?}"
+        );
     }
 
     fn errors(text: &str) -> Vec<String> {

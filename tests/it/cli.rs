@@ -34,6 +34,27 @@ fn check_summarises_a_valid_config_and_warns_on_plaintext() {
 }
 
 #[test]
+fn check_and_the_load_warn_about_each_right_naming_a_credential_minting_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = "[access_rights.everything]\nactions = [\"*\"]\nroutes = [\"* /*\"]\n\n\
+                  [access_rights.minter]\nactions = [\"GETRESTTOKEN\"]\nroutes = [\"POST /opi/rest/auth/login\"]\n";
+    let cfg = write_config(dir.path(), GATEWAY, tokens);
+    let (code, out, err) = run_cli(&["check", "-c", &cfg], None);
+    assert_eq!(code, 0, "a warning, not an error: {out}{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("tokens.toml:6:12: access right `minter` names GETRESTTOKEN"),
+        "{err}"
+    );
+    assert!(err.contains("tokens.toml:7:11: access right `minter` allows `POST /opi/rest/auth/login`"), "{err}");
+    assert!(!err.contains("`everything`"), "\"*\" does not cover them: {err}");
+
+    let gw = Gateway::start("http://127.0.0.1:9", tokens);
+    let line = gw.wait_log("the load's warning", |l| l.contains("names GETRESTTOKEN"));
+    assert!(line.contains("WARN") && line.contains("tokens.toml:6:12:"), "{line}");
+    gw.wait_log("the route's warning", |l| l.contains("tokens.toml:7:11: access right `minter` allows"));
+}
+
+#[test]
 fn check_reports_every_error_with_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = GATEWAY.replace("[admin]", "[limits]\nmax_conections = 5\n[admin]");
