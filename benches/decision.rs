@@ -1,7 +1,9 @@
 //! Per-operation cost of the request path that does not wait on a socket:
 //! the decision (interface.md §5: lookup with its SHA-256, IP, right) at
 //! 10, 10k and 1M tokens, the inspection of a request that feeds it, the
-//! rewrite for the upstream (§6), and parsing a 100k-token file.
+//! rewrite for the upstream (§6), the local limit check of a granted
+//! request (a GCRA bucket and an in-flight count), and parsing a
+//! 100k-token file.
 //!
 //! Uses only the library's public API (`tokens::file::parse`, `decide`,
 //! `decide::{params, route, client_ip}`, `proxy::rewrite`), never the table's
@@ -13,6 +15,7 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
@@ -25,7 +28,9 @@ use tokengate::decide::client_ip::{resolve, ClientIp, PeerAddr, Resolved, Truste
 use tokengate::decide::params::{body_kind, strip_apptoken, Params};
 use tokengate::decide::route::CanonicalPath;
 use tokengate::decide::{decide, BodyCheck, DecisionInput};
+use tokengate::proxy::limit;
 use tokengate::proxy::rewrite::{forwarded_for, upstream_headers, upstream_uri};
+use tokengate::quota::{Bucket, InFlight, Limits, Rate};
 use tokengate::tokens::file::parse;
 use tokengate::tokens::table::{Token, TokenHash, TokenTable};
 
@@ -356,6 +361,42 @@ fn bench_rewrite(c: &mut Criterion) {
     g.finish();
 }
 
+/// Stage 4 on a granted request: no limit, a rate (the bucket's atomic
+/// compare-and-swap), a rate and a concurrency (plus the in-flight count's
+/// increment and, as the answer ends, its decrement), and a refusal.
+fn bench_limit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("limit");
+    g.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    let bucket = Bucket::default();
+    let in_flight = Arc::new(InFlight::default());
+    // A rate no bench loop reaches, so every take succeeds.
+    let fast = Rate::parse("1000000000/s").unwrap_or_else(|| panic!("a rate"));
+    let cases = [
+        ("none", Limits::default()),
+        ("rate", Limits { rate: Some(fast), ..Limits::default() }),
+        ("rate_and_concurrency", Limits { rate: Some(fast), burst: None, concurrency: Some(4) }),
+    ];
+    for (name, limits) in cases {
+        assert!(limit::local(&limits, &bucket, &in_flight, false).is_ok());
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let admitted = limit::local(black_box(&limits), &bucket, &in_flight, false);
+                // The guard, if any, is dropped here: the answer's end.
+                black_box(admitted.is_ok())
+            })
+        });
+    }
+    assert_eq!(in_flight.now(), 0);
+    let slow = Limits { rate: Some(Rate::parse("1/h").unwrap_or_else(|| panic!("a rate"))), ..Limits::default() };
+    let spent = Bucket::default();
+    assert!(limit::local(&slow, &spent, &in_flight, false).is_ok());
+    assert!(limit::local(&slow, &spent, &in_flight, false).is_err());
+    g.bench_function("refused", |b| {
+        b.iter(|| black_box(limit::local(black_box(&slow), &spent, &in_flight, false).is_err()))
+    });
+    g.finish();
+}
+
 /// Parsing and validating a whole file, as a reload does (off the request path).
 fn bench_tokenfile(c: &mut Criterion) {
     let mut g = c.benchmark_group("tokenfile");
@@ -371,5 +412,5 @@ fn bench_tokenfile(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_inspect, bench_rewrite, bench_tokenfile);
+criterion_group!(benches, bench_decide, bench_inspect, bench_rewrite, bench_limit, bench_tokenfile);
 criterion_main!(benches);

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::denial::DenialCode;
 use crate::proxy::GatewayState;
+use crate::quota::Rate;
 use crate::tokens::state::{Decision, StateRegistry, TokenState};
 use crate::tokens::table::{TokenRef, TokenTable};
 
@@ -270,7 +271,28 @@ struct TokenView<'a> {
     /// so an old one can be seen going quiet after a rotation.
     secrets: Vec<SecretView>,
     last_client_ip: Option<IpAddr>,
+    /// Its effective `rate`, `burst` and `concurrency`, and its requests in
+    /// flight on this replica; `null` when it has none.
+    limits: Option<LimitsView>,
     requests: Counts<'a>,
+}
+
+/// A token's limits as `/tokens` shows them (its refusals by them are in
+/// `requests`, as `RATE_LIMITED` and `TOO_MANY_IN_FLIGHT`).
+#[derive(serde::Serialize)]
+struct LimitsView {
+    #[serde(serialize_with = "shown_rate")]
+    rate: Option<Rate>,
+    burst: Option<u32>,
+    concurrency: Option<u32>,
+    in_flight: u32,
+}
+
+fn shown_rate<S: Serializer>(rate: &Option<Rate>, s: S) -> Result<S::Ok, S::Error> {
+    match rate {
+        Some(r) => s.collect_str(r),
+        None => s.serialize_none(),
+    }
 }
 
 /// One secret of a token: its position, never its digest.
@@ -298,6 +320,15 @@ impl<'a> TokenView<'a> {
                 None => (0..t.secrets()).map(|position| SecretView { position, last_use: None }).collect(),
             },
             last_client_ip: state.and_then(TokenState::last_ip),
+            limits: {
+                let l = t.limits();
+                l.any().then(|| LimitsView {
+                    rate: l.rate,
+                    burst: l.rate.map(|_| l.burst_or_n()),
+                    concurrency: l.concurrency,
+                    in_flight: state.map_or(0, |st| st.in_flight.now()),
+                })
+            },
             requests: Counts(state),
         }
     }

@@ -57,6 +57,14 @@ fn over_its_rate_a_token_gets_429_at_once_with_retry_after_and_nothing_goes_upst
     assert_eq!(metric(&gw, limited), 2);
     let tokens = request(gw.admin, "GET", "/tokens", &[], b"").text();
     assert!(tokens.contains("\"RATE_LIMITED\":2"), "{tokens}");
+    let limits = |name: &str| {
+        let v: serde_json::Value = serde_json::from_str(&tokens).unwrap();
+        let all = v["tokens"].as_array().cloned().unwrap_or_default();
+        all.into_iter().find(|t| t["name"] == name).map(|t| t["limits"].clone())
+    };
+    let want = serde_json::json!({"rate": "3/m", "burst": 3, "concurrency": null, "in_flight": 0});
+    assert_eq!(limits("limited"), Some(want), "{tokens}");
+    assert_eq!(limits("reader"), Some(serde_json::Value::Null), "{tokens}");
 }
 
 #[test]
@@ -93,6 +101,8 @@ fn over_its_concurrency_a_token_gets_429_too_many_in_flight_until_an_answer_is_o
         (r.status == 429).then_some((r, started.elapsed()))
     });
     let (r, took) = refused.expect("the third request was never refused");
+    let tokens = request(gw.admin, "GET", "/tokens", &[], b"").text();
+    assert!(tokens.contains("\"concurrency\":2,\"in_flight\":2"), "{tokens}");
     assert_eq!(r.errorcode().as_deref(), Some("TOO_MANY_IN_FLIGHT"));
     assert!(took < Duration::from_millis(1000), "refused after {took:?}: it waited");
     assert_eq!(r.header("retry-after"), None);
