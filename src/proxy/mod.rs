@@ -14,7 +14,8 @@
 //! | 7. forward | [`upstream`], [`pool`], [`rest`] | send it on a kept-alive connection; stream the answer back |
 //!
 //! A stage that ends the request returns the gateway's own answer
-//! ([`GatewayError`]) at once; a refused request never reaches stage 5.
+//! ([`GatewayError`]) at once, counted as a refusal; a refused request
+//! never reaches stage 6: nothing of it goes upstream.
 
 pub mod count;
 pub mod framing;
