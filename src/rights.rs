@@ -9,6 +9,15 @@
 //! of the gateway's, valid past every check of the gateway. `"*"` in
 //! `actions` and a glob with `*` in `routes` cover neither; only a right
 //! that names them does.
+//!
+//! Both are recognised leniently, failing closed: whatever a container or a
+//! framework in front of the scanner might take for them counts. An ACTION
+//! that `"*"` allows is a plain name (ASCII letters, digits, `_`) or empty,
+//! so no trimming, truncation at a control character or Unicode case
+//! mapping can turn it into GETRESTTOKEN; and a path is a login path when
+//! its skeleton ([`skeleton`]: letters folded as Java folds case, each
+//! segment trimmed of spaces, controls and trailing dots) starts with
+//! `/opi/rest/auth`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,10 +44,13 @@ pub const MINTING_PATH_PREFIX: &str = "/opi/rest/auth/";
 impl Actions {
     /// Whether `action` (decoded bytes) is allowed. A non-ASCII spelling never
     /// matches a listed name, so no Unicode case mapping can widen a right.
-    /// `"*"` allows every ACTION but the credential-minting ones.
+    /// `"*"` allows every plain ACTION name (or none: `ACTION=`) but the
+    /// credential-minting ones.
     pub fn allows(&self, action: &[u8]) -> bool {
         match self {
-            Actions::Any => !is_minting_action(action),
+            Actions::Any => {
+                action.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_') && !is_minting_action(action)
+            }
             Actions::Listed(list) => list.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(action)),
         }
     }
@@ -51,12 +63,56 @@ pub fn is_minting_action(action: &[u8]) -> bool {
     !action.is_ascii() || MINTING_ACTIONS.iter().any(|m| m.as_bytes().eq_ignore_ascii_case(action))
 }
 
-/// Whether a canonical path is a credential-minting REST path.
+/// Whether a canonical path is a credential-minting REST path, or might be
+/// taken for one (see [`skeleton`]).
 pub fn is_minting_path(canonical_path: &str) -> bool {
-    let p = canonical_path.as_bytes();
-    let prefix = MINTING_PATH_PREFIX.as_bytes();
-    let bare = &prefix[..prefix.len() - 1];
-    (p.len() >= prefix.len() && p[..prefix.len()].eq_ignore_ascii_case(prefix)) || p.eq_ignore_ascii_case(bare)
+    has_prefix_segments(canonical_path, &["opi", "rest", "auth"])
+}
+
+/// Whether a canonical path's first segments are, in [`skeleton`] form,
+/// exactly `segments` (lower case ASCII).
+pub fn has_prefix_segments(canonical_path: &str, segments: &[&str]) -> bool {
+    let mut parts = skeleton(canonical_path).into_iter();
+    segments.iter().all(|want| parts.next().is_some_and(|got| got == *want))
+}
+
+/// A path's segments as a lenient reader might compare them: each
+/// character folded as Java's case-insensitive compare folds it (`ſ` is
+/// `s`, `ı` and `İ` are `i`, the Kelvin sign is `k`; any other letter in its
+/// ASCII lower case), then each segment trimmed of whitespace and control
+/// characters at both ends and of dots at its end (`auth.`, `auth%20` and
+/// `XMLAPI.` are `auth` and `xmlapi`). Only for recognising the paths that
+/// need care; never what is matched or forwarded.
+pub fn skeleton(canonical_path: &str) -> Vec<String> {
+    canonical_path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|seg| {
+            let folded: String = seg.chars().map(fold_like_java).collect();
+            let trimmed = folded.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+            trimmed.trim_end_matches(|c: char| c == '.' || c.is_whitespace() || c.is_control()).to_owned()
+        })
+        .collect()
+}
+
+/// One character as Java's `equalsIgnoreCase` would compare it with ASCII:
+/// its upper case, or else its lower case, when that is a single ASCII
+/// letter; otherwise itself (lower-cased when ASCII).
+fn fold_like_java(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let single = |mut it: std::iter::Peekable<std::char::ToUppercase>| -> Option<char> {
+        let first = it.next()?;
+        (it.peek().is_none() && first.is_ascii()).then(|| first.to_ascii_lowercase())
+    };
+    if let Some(a) = single(c.to_uppercase().peekable()) {
+        return a;
+    }
+    match c.to_lowercase().next() {
+        Some(l) if l.is_ascii() => l,
+        _ => c,
+    }
 }
 
 /// A named access right from `[access_rights.NAME]`.
@@ -188,6 +244,24 @@ mod tests {
         assert!(login.matches(&Method::POST, "/opi/rest/auth/login"));
         assert!(!login.matches(&Method::POST, "/opi/rest/auth/logout"));
         assert!(login.names_minting_path() && !any.names_minting_path());
+    }
+
+    #[test]
+    fn the_skeleton_folds_as_java_and_trims_segments() {
+        for (c, want) in [('ſ', 's'), ('ı', 'i'), ('İ', 'i'), ('\u{212A}', 'k'), ('A', 'a'), ('é', 'é')] {
+            assert_eq!(fold_like_java(c), want, "{c:?}");
+        }
+        assert_eq!(skeleton("/OPI/ re\u{17F}t /auth.. /x"), ["opi", "rest", "auth", "x"]);
+        assert_eq!(skeleton("/opi/xmlapi\u{0}/"), ["opi", "xmlapi"]);
+        for p in ["/opi/rest/auth./login", "/opi/rest/auth \t/login", "/op\u{131}/rest/auth", "/opi/rest/AUTH"] {
+            assert!(is_minting_path(p), "{p}");
+        }
+        for p in ["/opi/rest/authx/login", "/opi/rest/au.th", "/opi/rest", "/opi/rest/outscan/auth"] {
+            assert!(!is_minting_path(p), "{p}");
+        }
+        assert!(!Actions::Any.allows(b"GETRESTTOKEN "));
+        assert!(!Actions::Any.allows(b"TARGETDATA;x"), "not a plain name");
+        assert!(Actions::Any.allows(b""));
     }
 
     #[test]

@@ -163,19 +163,25 @@ pub fn decide<'t, 'i, 'r>(
     }
     let path = asked.path.as_ref().map_err(|NotCanonical(why)| deny(Denial::AmbiguousRequest(why)))?;
     let grant = Grant { token: entry, path, client, apptoken };
+    let action_allowed = || match &params.action {
+        // The clients' login probe.
+        ParamValue::Absent => Ok(()),
+        ParamValue::Conflict => Err(deny(Denial::AmbiguousRequest("ACTION is given twice with different values"))),
+        ParamValue::One(action) if entry.right().actions.allows(action) => Ok(()),
+        ParamValue::One(_) => Err(deny(Denial::ActionNotAllowed)),
+    };
     if path.is_xmlapi() {
-        match &params.action {
-            // The clients' login probe.
-            ParamValue::Absent => Ok(grant),
-            ParamValue::Conflict => Err(deny(Denial::AmbiguousRequest("ACTION is given twice with different values"))),
-            ParamValue::One(action) if entry.right().actions.allows(action) => Ok(grant),
-            ParamValue::One(_) => Err(deny(Denial::ActionNotAllowed)),
-        }
+        action_allowed()?;
     } else if entry.right().routes.iter().any(|r| r.matches(asked.method, path.as_str())) {
-        Ok(grant)
+        // A path a lenient front might still map to the XMLAPI
+        // (`/opi/XMLAPI.`, `/opi/XMLAP%C4%B0`): its ACTION must be allowed too.
+        if path.may_be_xmlapi() {
+            action_allowed()?;
+        }
     } else {
-        Err(deny(Denial::RouteNotAllowed))
+        return Err(deny(Denial::RouteNotAllowed));
     }
+    Ok(grant)
 }
 
 #[cfg(test)]
@@ -193,6 +199,16 @@ routes = ["GET /opi/rest/outscan/*"]
 actions = ["*"]
 routes = ["* /*"]
 [access_rights.probe-only]
+[access_rights.reads-and-routes]
+actions = ["TARGETDATA"]
+routes = ["* /*"]
+[[token]]
+name = "mixed"
+active = true
+token = "MX"
+ip_restriction = []
+access_right = "reads-and-routes"
+expires = "never"
 [access_rights.minter]
 actions = ["GETRESTTOKEN"]
 routes = ["POST /opi/rest/auth/login"]
@@ -375,6 +391,45 @@ expires = "never"
             (Case { path: "/opi/rest/auth/login", method: Method::POST, ..case("APPTOKEN=MT") }, Ok("minter".into())),
             (Case { path: "/opi/rest/auth/login", ..case("APPTOKEN=MT") }, Err(RouteNotAllowed)),
             (Case { path: "/opi/rest/auth/logout", method: Method::POST, ..case("APPTOKEN=MT") }, Err(RouteNotAllowed)),
+            // ... nor anything a lenient reader might take for them: an
+            // ACTION "*" allows is a plain name; a login path is one in any
+            // Java case folding, with segments trimmed.
+            (case("APPTOKEN=AD&ACTION=GETRESTTOKEN%20"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=AD&ACTION=%20GETRESTTOKEN"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=AD&ACTION=GETRESTTOKEN%09"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=AD&ACTION=GETRESTTOKEN%00"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=AD&ACTION=GETRESTTOKEN;x"), Err(ActionNotAllowed)),
+            (case("APPTOKEN=AD&ACTION="), Ok("admin".into())),
+            (case("APPTOKEN=AD&ACTION=TARGET_DATA2"), Ok("admin".into())),
+            (case("APPTOKEN=MT&ACTION=GETRESTTOKEN%20"), Err(ActionNotAllowed)),
+            (Case { path: "/opi/XMLAPI.", ..case("APPTOKEN=AD&ACTION=GETRESTTOKEN") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/XMLAPI%20", ..case("APPTOKEN=AD&ACTION=GETRESTTOKEN") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/XMLAPI%09/x", ..case("APPTOKEN=AD&ACTION=GETRESTTOKEN") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/XMLAP%C4%B0", ..case("APPTOKEN=AD&ACTION=GETRESTTOKEN") }, Err(ActionNotAllowed)),
+            (Case { path: "/op%C4%B1/xmlapi..", ..case("APPTOKEN=AD&ACTION=GETRESTTOKEN") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/XMLAPI.", ..case("APPTOKEN=AD&ACTION=TARGETDATA") }, Ok("admin".into())),
+            (Case { path: "/opi/XMLAPI.", ..case("APPTOKEN=MX&ACTION=REMOVETARGETDATA") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/XMLAPI.", ..case("APPTOKEN=MX&ACTION=TARGETDATA") }, Ok("mixed".into())),
+            (Case { path: "/opi/XMLAPIX", ..case("APPTOKEN=MX&ACTION=REMOVETARGETDATA") }, Ok("mixed".into())),
+            (Case { path: "/opi/XMLAPI", ..case("APPTOKEN=MX&ACTION=REMOVETARGETDATA") }, Err(ActionNotAllowed)),
+            (Case { path: "/opi/rest/auth./login", method: Method::POST, ..case("APPTOKEN=AD") }, Err(RouteNotAllowed)),
+            (
+                Case { path: "/opi/rest/auth%20/login", method: Method::POST, ..case("APPTOKEN=AD") },
+                Err(RouteNotAllowed),
+            ),
+            (
+                Case { path: "/opi/rest/auth%09/login", method: Method::POST, ..case("APPTOKEN=AD") },
+                Err(RouteNotAllowed),
+            ),
+            (
+                Case { path: "/opi/re%C5%BFt/auth/login", method: Method::POST, ..case("APPTOKEN=AD") },
+                Err(RouteNotAllowed),
+            ),
+            (
+                Case { path: "/op%C4%B1/rest/auth/login", method: Method::POST, ..case("APPTOKEN=AD") },
+                Err(RouteNotAllowed),
+            ),
+            (Case { path: "/opi/rest/auth./login", method: Method::POST, ..case("APPTOKEN=MT") }, Err(RouteNotAllowed)),
         ];
         for (i, (c, want)) in rows.iter().enumerate() {
             assert_eq!(&run(&t, c), want, "row {i}: {} {}?{} body={:?}", c.method, c.path, c.query, c.body);

@@ -88,6 +88,14 @@ impl<'a> CanonicalPath<'a> {
         p.len() >= n && p[..n].eq_ignore_ascii_case(XMLAPI_PATH.as_bytes()) && (p.len() == n || p[n] == b'/')
     }
 
+    /// Whether a lenient container or front proxy might take this path for
+    /// the XMLAPI even though [`is_xmlapi`](Self::is_xmlapi) does not: its
+    /// first segments are `opi` and `xmlapi` once folded and trimmed as
+    /// [`crate::rights::skeleton`] does. Only looked at off the XMLAPI path.
+    pub fn may_be_xmlapi(&self) -> bool {
+        crate::rights::has_prefix_segments(&self.decoded, &["opi", "xmlapi"])
+    }
+
     /// The path to send upstream: the canonical path, percent-encoded where a
     /// byte is not allowed as is in a path, so that the upstream decodes it to
     /// exactly what was matched.
