@@ -52,7 +52,7 @@ use crate::tokens::reload::TokenStore;
 use crate::tokens::state::Decision;
 use inspect::{Account, BodyPlan, InspectBudget, Inspector};
 use pool::UpstreamBody;
-use rest::{NoRestToken, RestSession};
+use rest::{NoRestToken, RestSession, RestToken};
 use upstream::UpstreamClient;
 
 /// What the client gets: the gateway's own answer or the upstream's,
@@ -315,7 +315,7 @@ fn forward(
     record: AccessRecord,
     shape: Shape,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-    gateway.upstream.send(request).map(move |sent| answered(&gateway, sent, record, shape))
+    gateway.upstream.send(request).map(move |sent| answered(&gateway, sent, record, shape, None))
 }
 
 /// [`forward`] for a REST route with `[upstream.rest]`: the scanner's REST
@@ -344,7 +344,7 @@ async fn forward_rest(
     let sent = gateway.upstream.send(request).await;
     let refused = matches!(&sent, Ok((resp, _)) if resp.status() == http::StatusCode::UNAUTHORIZED);
     if !refused {
-        return answered(&gateway, sent, record, shape);
+        return answered(&gateway, sent, record, shape, Some((&rest, &token)));
     }
     // The scanner no longer takes this token: renew at once (once, however
     // many requests saw the 401).
@@ -354,10 +354,10 @@ async fn forward_rest(
             drop(sent);
             again.headers_mut().insert(http::header::AUTHORIZATION, fresh.authorization.clone());
             let sent = gateway.upstream.send(again).await;
-            answered(&gateway, sent, record, shape)
+            answered(&gateway, sent, record, shape, Some((&rest, &fresh)))
         }
         (_, Err(NoRestToken)) => no_rest_token(&gateway, record, shape),
-        (None, Ok(_)) => answered(&gateway, sent, record, shape),
+        (None, Ok(_)) => answered(&gateway, sent, record, shape, Some((&rest, &token))),
     }
 }
 
@@ -367,18 +367,25 @@ fn no_rest_token(gateway: &GatewayState, record: AccessRecord, shape: Shape) -> 
     own_answer(failure.into(), record, shape)
 }
 
-/// The upstream's answer, its headers cleaned, or the gateway's own 502/504.
+/// The upstream's answer, its headers cleaned (of the REST session's
+/// secrets too, on a REST route), or the gateway's own 502/504.
 fn answered(
     gateway: &GatewayState,
     sent: Result<(Response<pool::AnswerBody>, Duration), crate::denial::UpstreamFailure>,
     mut record: AccessRecord,
     shape: Shape,
+    rest: Option<(&RestSession, &RestToken)>,
 ) -> Response<ResponseBody> {
     match sent {
         Ok((resp, took)) => {
             gateway.metrics.upstream_latency(took);
             let (mut parts, body) = resp.into_parts();
-            rewrite::downstream_headers(&mut parts.headers, gateway.credential_in_answers.as_ref());
+            let rest_secrets = rest.into_iter().flat_map(|(session, token)| [Some(&token.secret), session.password()]);
+            let secrets = gateway.credential_in_answers.iter().chain(rest_secrets.flatten());
+            rewrite::downstream_headers(&mut parts.headers, secrets);
+            // A reason phrase of the upstream's own (hyper keeps it as an
+            // extension) is not passed on: it could quote the credential.
+            parts.extensions.clear();
             record.upstream_status = Some(parts.status.as_u16());
             Response::from_parts(parts, Logged::new(Either::Right(body), record))
         }

@@ -222,6 +222,8 @@ impl Pool {
 pin_project_lite::pin_project! {
     /// The upstream's answer body. Read to its end, it puts its connection
     /// back into the pool; dropped before that, the connection is closed.
+    /// Its trailers are not passed on: nothing vets them (they could quote
+    /// the credential), and the XMLAPI sends none.
     pub struct AnswerBody {
         #[pin]
         body: Incoming,
@@ -266,8 +268,13 @@ impl http_body::Body for AnswerBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let res = this.body.poll_frame(cx);
+        let mut this = self.project();
+        let res = loop {
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
+                res => break res,
+            }
+        };
         match &res {
             Poll::Ready(None) => {
                 if let Some((conn, pool)) = this.back.take() {

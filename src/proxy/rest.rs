@@ -28,12 +28,15 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use super::pool::UpstreamBody;
 use super::upstream::UpstreamClient;
 use crate::config::{RestConfig, RestLogin, UpstreamToken};
+use crate::percent::Spelled;
 use crate::telemetry::metrics::Metrics;
 
 /// A REST token of the scanner's, as an `Authorization` value.
 pub struct RestToken {
     /// `Bearer <token>`, marked sensitive.
     pub authorization: HeaderValue,
+    /// The token, to write over wherever an answer's header quotes it.
+    pub secret: Spelled,
     obtained: Instant,
 }
 
@@ -63,6 +66,9 @@ pub struct RestSession {
     upstream: Arc<UpstreamClient>,
     metrics: Arc<Metrics>,
     token: ArcSwapOption<RestToken>,
+    /// The login password (`login = "password"`), to write over wherever
+    /// an answer's header quotes it.
+    password: Option<Spelled>,
     attempt: Mutex<Option<Arc<Attempt>>>,
     /// Renewals started, for tests and the log.
     renewals: AtomicU64,
@@ -82,7 +88,12 @@ impl RestSession {
         upstream: Arc<UpstreamClient>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let password = match &config.login {
+            RestLogin::Password { password, .. } => Spelled::new(password.0.as_bytes()),
+            RestLogin::AppToken => None,
+        };
         Self {
+            password,
             config,
             apptoken,
             host,
@@ -141,6 +152,10 @@ impl RestSession {
                 (None, _) => return a.clone(),
                 // Failed a moment ago: the same failure.
                 (Some(Err(_)), Some(at)) if at.elapsed() < AFTER_FAILURE => return a.clone(),
+                // A 401 to a token obtained a moment ago is most likely the
+                // route's own answer: at most one renewal a second for
+                // them, however many requests a caller sends.
+                (Some(Ok(_)), Some(at)) if used.is_some() && at.elapsed() < AFTER_FAILURE => return a.clone(),
                 // Succeeded after `used` was obtained (another request
                 // renewed already): that token.
                 (Some(Ok(t)), _) if used.is_some_and(|u| !Arc::ptr_eq(u, t)) => return a.clone(),
@@ -176,6 +191,11 @@ impl RestSession {
             a.done.notify_waiters();
         });
         attempt
+    }
+
+    /// The login password, as answers are searched for it.
+    pub fn password(&self) -> Option<&Spelled> {
+        self.password.as_ref()
     }
 
     /// How many renewals were started.
@@ -219,7 +239,8 @@ impl RestSession {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "the REST token is not a valid header value".to_string())?;
         authorization.set_sensitive(true);
-        Ok(Arc::new(RestToken { authorization, obtained: Instant::now() }))
+        let secret = Spelled::new(token.as_bytes()).ok_or("the scanner's REST token is empty")?;
+        Ok(Arc::new(RestToken { authorization, secret, obtained: Instant::now() }))
     }
 }
 

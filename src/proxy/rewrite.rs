@@ -204,14 +204,20 @@ pub fn headers_holding(headers: &HeaderMap, token: &[u8]) -> Vec<HeaderName> {
 
 /// Rewrites the upstream's answer headers in place for the client: no
 /// hop-by-hop headers, no session cookie of the upstream credential
-/// (`Set-Cookie`, `Set-Cookie2`), and the credential itself, in any
-/// spelling (letter case, percent-encoded wholly or in part) and in any
-/// header, written over as `REDACTED` (a servlet container's redirect
-/// copies the query it was sent); a header that cannot be written over is
-/// dropped.
-pub fn downstream_headers(headers: &mut HeaderMap, credential: Option<&Spelled>) {
+/// (`Set-Cookie`, `Set-Cookie2`), and each of the gateway's `secrets` (its
+/// APPTOKEN; on REST routes also the REST token and the login password),
+/// in any spelling (letter case, percent-encoded wholly or in part) and in
+/// any header, written over as `REDACTED` (a servlet container's redirect
+/// copies the query it was sent; a debugging scanner may echo a header); a
+/// header that cannot be written over is dropped.
+pub fn downstream_headers<'s>(headers: &mut HeaderMap, secrets: impl IntoIterator<Item = &'s Spelled>) {
     remove_where(headers, |c| matches!(c, Class::HopByHop | Class::SetCookie));
-    let Some(secret) = credential else { return };
+    for secret in secrets {
+        redact(headers, secret);
+    }
+}
+
+fn redact(headers: &mut HeaderMap, secret: &Spelled) {
     let holding: Vec<HeaderName> =
         headers.iter().filter(|(_, v)| secret.is_in(v.as_bytes())).map(|(k, _)| k.clone()).collect();
     for name in holding {
@@ -277,7 +283,7 @@ mod tests {
         h.insert("keep-alive", "timeout=20".parse().unwrap());
         h.insert("x-up", "1".parse().unwrap());
         h.insert("trailer", "x-checksum".parse().unwrap());
-        downstream_headers(&mut h, Spelled::new(b"SECRET").as_ref());
+        downstream_headers(&mut h, Spelled::new(b"SECRET").iter());
         assert_eq!(h["location"], "https://scanner/opi/?APPTOKEN=REDACTED&x=1");
         assert!(h.get("set-cookie").is_none());
         assert_eq!(h["content-type"], "text/xml");

@@ -165,6 +165,43 @@ fn the_upstream_credential_never_comes_back_in_any_spelling_or_header() {
     assert_eq!(r.header("x-debug-query"), Some("APPTOKEN=REDACTED"));
 }
 
+#[test]
+fn neither_a_reason_phrase_nor_a_trailer_brings_the_upstream_credential_back() {
+    use std::io::{Read, Write};
+    let up = MockUpstream::start_with(Reply::Quoting);
+    let gw = Gateway::start(&up.url(), &standard_tokens().render());
+    let target = format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA");
+    // HTTP/1: the status line as it comes, bytes and all.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(!raw.contains(UPSTREAM_TOKEN), "{raw}");
+    assert!(up.last().query().contains(UPSTREAM_TOKEN), "the mock quotes what it was sent");
+    // HTTP/2, which carries trailers: none comes back.
+    let addr = gw.addr;
+    let (status, trailers) = runtime().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{addr}{target}")).body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp).await.unwrap().unwrap();
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        while let Some(chunk) = body.data().await {
+            let n = chunk.unwrap().len();
+            let _ = body.flow_control().release_capacity(n);
+        }
+        (status, body.trailers().await.unwrap())
+    });
+    assert_eq!(status, 200);
+    assert!(trailers.is_none_or(|t| !format!("{t:?}").contains(UPSTREAM_TOKEN)), "a trailer quoted the credential");
+}
+
 /// One HTTP/2 request with prior knowledge over plain TCP: the status, or
 /// why the stream ended without one.
 fn h2_request(gw: &Gateway, req: http::Request<()>, body: &[u8]) -> Result<u16, String> {

@@ -110,6 +110,8 @@ fn a_401_renews_at_once_and_a_request_without_a_body_is_sent_once_more() {
     let scanner = RestScanner::new(USER, PASS, UPSTREAM_TOKEN);
     let (up, gw) = rest_gateway(&scanner, "[upstream.rest]\nlogin = \"apptoken\"\n");
     assert_eq!(rest_get(&gw).status, 200);
+    // (A 401 within a second of a login renews nothing: see below.)
+    std::thread::sleep(RENEWAL_PAUSE);
     scanner.revoke_all();
     // Without a body: the 401 is not seen by the caller.
     assert_eq!(rest_get(&gw).status, 200);
@@ -117,6 +119,7 @@ fn a_401_renews_at_once_and_a_request_without_a_body_is_sent_once_more() {
     assert_eq!(up.last().header("authorization"), Some("Bearer rest-2"));
     // With a body: sent once only; the caller gets the scanner's 401, and
     // the next request has the new token.
+    std::thread::sleep(RENEWAL_PAUSE);
     scanner.revoke_all();
     let before = up.count();
     let r = gw.send("PUT", &format!("/opi/rest/outscan/targets/1?APPTOKEN={ADMIN}"), &[], b"{\"name\":\"x\"}");
@@ -125,6 +128,39 @@ fn a_401_renews_at_once_and_a_request_without_a_body_is_sent_once_more() {
     assert_eq!(puts, 1, "a request with a body was sent twice");
     assert_eq!(scanner.logins(), 3);
     assert_eq!(rest_get(&gw).status, 200);
+}
+
+/// A 401 renews the REST token at once, but not within a second of the
+/// last login: longer than that.
+const RENEWAL_PAUSE: Duration = Duration::from_millis(1100);
+
+#[test]
+fn a_route_that_always_answers_401_cannot_drive_a_login_per_request() {
+    let scanner = RestScanner::new(USER, PASS, UPSTREAM_TOKEN);
+    let (dir, cfg) = password_files();
+    let (_up, gw) = rest_gateway(&scanner, &cfg);
+    // Every token the scanner issues is refused at once.
+    scanner.set_lifetime(Duration::ZERO);
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        assert_eq!(rest_get(&gw).status, 401);
+    }
+    let secs = started.elapsed().as_secs();
+    assert!(scanner.logins() <= 2 + secs as usize, "{} logins in {secs} s", scanner.logins());
+    drop(dir);
+}
+
+#[test]
+fn the_rest_token_and_the_login_password_never_come_back_in_an_answer_header() {
+    let scanner = RestScanner::new(USER, PASS, UPSTREAM_TOKEN);
+    let (dir, cfg) = password_files();
+    let (_up, gw) = rest_gateway(&scanner, &cfg);
+    let r = gw.get(&format!("/opi/rest/echo?APPTOKEN={ADMIN}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-echo-auth"), Some("Bearer REDACTED"));
+    assert_eq!(r.header("x-echo-login"), Some(format!("{USER}:REDACTED").as_str()));
+    assert!(!format!("{:?}", r.headers).contains("rest-1"));
+    drop(dir);
 }
 
 #[test]
@@ -139,6 +175,7 @@ fn many_requests_waiting_for_a_token_share_one_login() {
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     assert_eq!(scanner.logins(), 1, "one login however many requests waited");
     // The same after a revocation: many 401s, one renewal.
+    std::thread::sleep(RENEWAL_PAUSE);
     scanner.revoke_all();
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..16).map(|_| s.spawn(|| rest_get(&gw).status)).collect();

@@ -54,6 +54,9 @@ pub enum Reply {
     Headers(Vec<(&'static str, String)>),
     /// The scanner's REST API and its logins, as [`RestScanner`] keeps them.
     Rest(Arc<RestScanner>),
+    /// 200 whose reason phrase and trailer (`x-query`) quote the query it
+    /// was sent, chunked, as a careless debugging front might.
+    Quoting,
 }
 
 /// A scanner's REST side: `POST /opi/rest/auth/login` (form fields
@@ -154,6 +157,14 @@ impl RestScanner {
         let bearer =
             parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         match bearer {
+            // A debugging route that quotes what it was sent.
+            Some(b) if self.valid(b) && parts.uri.path() == "/opi/rest/echo" => {
+                let mut resp = xml(200, OK_BODY);
+                resp.headers_mut().insert("x-echo-auth", format!("Bearer {b}").parse().unwrap());
+                resp.headers_mut()
+                    .insert("x-echo-login", format!("{}:{}", self.username, self.password).parse().unwrap());
+                resp
+            }
             Some(b) if self.valid(b) => xml(200, OK_BODY),
             _ => xml(401, "unauthorized"),
         }
@@ -303,6 +314,18 @@ async fn handle(
             resp
         }
         Reply::Rest(scanner) => scanner.answer(&parts, &body).await,
+        Reply::Quoting => {
+            let query = parts.uri.query().unwrap_or("").to_string();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-query", query.parse().unwrap());
+            let frames = [Frame::data(Bytes::from_static(OK_BODY.as_bytes())), Frame::trailers(trailers)];
+            let s = futures_util::stream::iter(frames.into_iter().map(Ok::<_, Infallible>));
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(s)));
+            let reason = format!("OK {query}").into_bytes();
+            resp.extensions_mut().insert(hyper::ext::ReasonPhrase::try_from(reason).unwrap());
+            resp.headers_mut().insert("trailer", "x-query".parse().unwrap());
+            resp
+        }
         Reply::Headers(extra) => {
             let mut resp = xml(200, OK_BODY);
             for (k, v) in extra {
