@@ -1,10 +1,10 @@
 //! A fast reader for token files written the way they are written: table
 //! headers, `key = value` lines, basic strings without escapes, literal
-//! strings, booleans, decimal integers, offset date-times and arrays of
-//! strings. It gives up
-//! (`None`) at anything else, and the general TOML reader takes over; so it
-//! only has to be right about what it accepts, never complete. A 1,000,000
-//! token file is ~190 MB: the general reader takes many seconds for it.
+//! strings, booleans, plain decimal integers, offset date-times and arrays
+//! of strings. It gives up (`None`) at anything else, and the general TOML
+//! reader takes over; so it only has to be right about what it accepts,
+//! never complete. A 1,000,000 token file is ~190 MB: the general reader
+//! takes many seconds for it.
 
 use std::borrow::Cow;
 
