@@ -109,14 +109,29 @@ pub struct Bucket {
 impl Bucket {
     /// Takes one request of `rate` with room for `burst` at once, at `now`
     /// (from [`now_ns`]); `Err` with how long until one more fits.
+    ///
+    /// The limits may differ from the last call's (a reload changed them):
+    /// the arrival time is then read as at most one whole bucket ahead at
+    /// the new ones. A bucket run dry stays dry (a reload does not refill
+    /// it), and refills at the new rate from the next request, instead of
+    /// first paying off what the old, slower rate ran up (2/m raised to
+    /// 100/s would otherwise wait out the old minute). With unchanged
+    /// limits the arrival time is never that far ahead, so this changes
+    /// nothing.
     pub fn take(&self, rate: Rate, burst: u32, now: u64) -> Result<(), Duration> {
         let t = u64::try_from(rate.interval().as_nanos()).unwrap_or(u64::MAX).max(1);
         let tolerance = t.saturating_mul(u64::from(burst.max(1)));
         let mut current = self.tat_ns.load(Ordering::Relaxed);
         loop {
-            let next = current.max(now).saturating_add(t);
+            let from = current.max(now).min(now.saturating_add(tolerance));
+            let next = from.saturating_add(t);
             let ahead = next - now;
             if ahead > tolerance {
+                if from < current {
+                    // Kept, so that the bucket refills from here (lost to
+                    // a concurrent take, it is redone by the next one).
+                    let _ = self.tat_ns.compare_exchange(current, from, Ordering::AcqRel, Ordering::Relaxed);
+                }
                 return Err(Duration::from_nanos(ahead - tolerance));
             }
             match self.tat_ns.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
@@ -205,6 +220,26 @@ mod tests {
         // One attempt every millisecond for ten seconds.
         let allowed = (0..10_000u64).filter(|ms| b.take(rate, 20, 1 + ms * 1_000_000).is_ok()).count();
         assert!((500..=520).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn a_changed_rate_applies_from_the_next_request_without_refilling_the_bucket() {
+        let b = Bucket::default();
+        let (slow, fast) = (Rate::parse("2/m").unwrap(), Rate::parse("100/s").unwrap());
+        let t0 = 1_000_000_000;
+        assert!(b.take(slow, 2, t0).is_ok() && b.take(slow, 2, t0).is_ok());
+        assert_eq!(b.take(slow, 2, t0), Err(Duration::from_secs(30)));
+        // Raised: still dry (no burst of 100 at once), one more fits after
+        // one interval of the new rate, not after the old minute.
+        assert_eq!(b.take(fast, 100, t0), Err(Duration::from_millis(10)));
+        assert_eq!(b.take(fast, 100, t0 + 10_000_000), Ok(()));
+        let second = (1..=100u64).filter(|ms| b.take(fast, 100, t0 + 10_000_000 + ms * 10_000_000).is_ok()).count();
+        assert_eq!(second, 100, "the new rate, one every 10 ms");
+        // Lowered again: counted at the slow rate from the next request,
+        // with no more than its burst.
+        let later = t0 + 3_000_000_000;
+        assert_eq!((0..5).filter(|_| b.take(slow, 2, later).is_ok()).count(), 2);
+        assert!(b.take(slow, 2, later + 29_000_000_000).is_err());
     }
 
     #[test]

@@ -53,6 +53,15 @@ enum TokenCommand {
         /// Refuse the token from this RFC 3339 time on, e.g. 2027-06-30T00:00:00Z.
         #[arg(long, value_name = "RFC3339")]
         expires: Option<String>,
+        /// This token's own rate, N/s, N/m or N/h (a token bucket); none: its right's.
+        #[arg(long, value_name = "N/s|N/m|N/h")]
+        rate: Option<String>,
+        /// Requests its rate allows at once; none: its right's, or the rate's N.
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        burst: Option<String>,
+        /// Requests it may have in flight at once; none: its right's.
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        concurrency: Option<String>,
         /// The gateway config (names the token file).
         #[arg(short, long, default_value = "config/gateway.toml")]
         config: PathBuf,
@@ -86,13 +95,25 @@ impl Cli {
             Command::Token(TokenCommand::Hash) => token::hash(),
             Command::Token(TokenCommand::List { config }) => token::list(&config),
             Command::Token(TokenCommand::Rotate { name, config }) => token::rotate(&config, &name),
-            Command::Token(TokenCommand::New { name, access_right, ips, expires, config }) => token::new(
+            Command::Token(TokenCommand::New {
+                name,
+                access_right,
+                ips,
+                expires,
+                rate,
+                burst,
+                concurrency,
+                config,
+            }) => token::new(
                 &config,
                 &token::NewTokenRequest {
                     name: &name,
                     access_right: &access_right,
                     ips: &ips,
                     expires: expires.as_deref(),
+                    rate: rate.as_deref(),
+                    burst: burst.as_deref(),
+                    concurrency: concurrency.as_deref(),
                 },
             ),
         }

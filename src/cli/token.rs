@@ -11,6 +11,7 @@ use toml_edit::{value, Array, ArrayOfTables, DocumentMut, ImDocument, Item, Tabl
 
 use crate::config::Config;
 use crate::net::parse_cidr;
+use crate::quota::Limits;
 use crate::tokens::edit::{self, EditError};
 use crate::tokens::file::{self, parse_rfc3339, shown};
 use crate::tokens::state::MAX_SECRETS;
@@ -48,7 +49,7 @@ pub fn list(config: &Path) -> i32 {
     let mut entries: Vec<_> = loaded.table.entries().collect();
     entries.sort_by_key(|e| e.line());
     let now = std::time::SystemTime::now();
-    let rows: Vec<[String; 6]> = entries
+    let rows: Vec<[String; 7]> = entries
         .iter()
         .map(|e| {
             let ips = e.ip_restriction().nets();
@@ -62,6 +63,7 @@ pub fn list(config: &Path) -> i32 {
                     "yes".into()
                 },
                 shown(&e.right().name).into_owned(),
+                limits_column(&e.limits()),
                 if ips.is_empty() {
                     "any".into()
                 } else {
@@ -72,7 +74,7 @@ pub fn list(config: &Path) -> i32 {
             ]
         })
         .collect();
-    let header = ["NAME", "ACTIVE", "ACCESS RIGHT", "IP RESTRICTION", "EXPIRES", "SECRETS"].map(String::from);
+    let header = ["NAME", "ACTIVE", "ACCESS RIGHT", "LIMITS", "IP RESTRICTION", "EXPIRES", "SECRETS"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -87,6 +89,20 @@ pub fn list(config: &Path) -> i32 {
     0
 }
 
+/// A token's effective limits as `token list` shows them, key by key as
+/// the file names them (`rate=10/s,burst=20,concurrency=4`; the burst is
+/// shown with every rate, defaulted or not), or `-` for none.
+fn limits_column(l: &Limits) -> String {
+    let rate = l.rate.map(|r| format!("rate={r},burst={}", l.burst_or_n()));
+    let concurrency = l.concurrency.map(|c| format!("concurrency={c}"));
+    let shown: Vec<String> = rate.into_iter().chain(concurrency).collect();
+    if shown.is_empty() {
+        "-".into()
+    } else {
+        shown.join(",")
+    }
+}
+
 /// What `token new` was asked for on the command line.
 pub struct NewTokenRequest<'a> {
     /// Unique name.
@@ -97,6 +113,12 @@ pub struct NewTokenRequest<'a> {
     pub ips: &'a [String],
     /// RFC 3339 expiry; none means `"never"`.
     pub expires: Option<&'a str>,
+    /// `rate` (`N/s`, `N/m`, `N/h`); none: the right's.
+    pub rate: Option<&'a str>,
+    /// `burst`; none: the right's, or the rate's N.
+    pub burst: Option<&'a str>,
+    /// `concurrency`; none: the right's.
+    pub concurrency: Option<&'a str>,
 }
 
 /// `token new`: prints the new token once on stdout and adds its digest to
@@ -123,6 +145,27 @@ pub fn new(config: &Path, req: &NewTokenRequest<'_>) -> i32 {
         },
         None => None,
     };
+    // Checked as the file's values are (a burst with no rate to rest on is
+    // refused by the validation of the edited file).
+    if let Some(r) = req.rate {
+        if let Err(msg) = file::parse_rate(r) {
+            eprintln!("--rate {r:?}: {msg}");
+            bad = true;
+        }
+    }
+    let mut count = |key: &str, v: Option<&str>| {
+        // Not a number at all is the same error as one out of range.
+        match file::check_count(key, v?.parse().unwrap_or(0)) {
+            Ok(n) => Some(n),
+            Err(msg) => {
+                eprintln!("--{key} {:?}: {msg}", v.unwrap_or_default());
+                bad = true;
+                None
+            }
+        }
+    };
+    let burst = count("burst", req.burst);
+    let concurrency = count("concurrency", req.concurrency);
     if bad {
         return 1;
     }
@@ -142,6 +185,17 @@ pub fn new(config: &Path, req: &NewTokenRequest<'_>) -> i32 {
     }
     t.insert("ip_restriction", value(ips));
     t.insert("access_right", value(req.access_right));
+    // Above `expires`, its last required key: a limit written after it is
+    // refused (a cut just before it would drop it unseen).
+    if let Some(r) = req.rate {
+        t.insert("rate", value(r));
+    }
+    if let Some(b) = burst {
+        t.insert("burst", value(i64::from(b)));
+    }
+    if let Some(c) = concurrency {
+        t.insert("concurrency", value(i64::from(c)));
+    }
     // Always written: a token without `expires` is refused (interface.md §4).
     match expires {
         Some(dt) => t.insert("expires", value(dt)),

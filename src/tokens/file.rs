@@ -19,15 +19,18 @@ use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::ops::Range;
-use toml_edit::{ImDocument, Item, Value};
+use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use super::lines;
-use super::raw::{RawDigests, RawRight, RawToken, Sink, SpannedText};
+use super::raw::{RawDigests, RawLimits, RawRight, RawToken, RawValue, Sink, SpannedText};
 use super::read::{read_stable, ReadError};
 use super::state::MAX_SECRETS;
-use super::table::{Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable, MAX_RIGHTS};
+use super::table::{
+    Duplicate, TableBuilder, Token, TokenHash, TokenRow, TokenTable, MAX_LIMIT_SETS, MAX_NAME_BYTES, MAX_RIGHTS,
+};
 use crate::diagnostic::{ConfigError, ConfigErrors, Source};
 use crate::net::parse_cidr;
+use crate::quota::{Limits, Rate};
 use crate::rights::{is_minting_action, AccessRight, Actions, RoutePattern};
 
 #[derive(Deserialize)]
@@ -50,9 +53,6 @@ struct SerdeToken {
     ip_restriction: Vec<Spanned<String>>,
     access_right: Spanned<String>,
 }
-
-/// Longest token or access right name, in bytes (interface.md §4).
-pub const MAX_NAME_BYTES: usize = 128;
 
 /// A token file that validated: its table and any warnings for `check`.
 #[derive(Debug)]
@@ -116,7 +116,9 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
             Some(table) => {
                 for (name, item) in table.iter() {
                     let span = item.span();
-                    let Ok(v) = item.clone().into_value() else {
+                    let mut item = item.clone();
+                    let limits = item.as_table_like_mut().map(|t| limit_keys(t, &span)).unwrap_or_default();
+                    let Ok(v) = item.into_value() else {
                         sink.source().error(span, format!("access right `{name}` must be a table"));
                         continue;
                     };
@@ -126,6 +128,7 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
                             span: span.unwrap_or(0..0),
                             actions: r.actions.into_iter().map(SpannedText::owned).collect(),
                             routes: r.routes.into_iter().map(SpannedText::owned).collect(),
+                            limits,
                         }),
                         Err(e) => sink.source().toml_error(&e, span),
                     }
@@ -140,6 +143,9 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
                 for table in array.iter() {
                     let span = table.span();
                     let mut table = table.clone();
+                    let last_required_at =
+                        REQUIRED_KEYS.iter().filter_map(|&k| Some(table.get(k)?.span()?.start)).max().unwrap_or(0);
+                    let limits = limit_keys(&mut table, &span);
                     let keys = token_keys(&mut table, span.clone(), sink.source());
                     let Ok(v) = Item::Table(table).into_value() else {
                         sink.source().error(span, "a [[token]] must be a table");
@@ -160,6 +166,8 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
                                 ip_restriction: t.ip_restriction.into_iter().map(SpannedText::owned).collect(),
                                 access_right: SpannedText::owned(t.access_right),
                                 expires,
+                                limits,
+                                last_required_at,
                             });
                         }
                         Err(e) => sink.source().toml_error(&e, span),
@@ -171,6 +179,28 @@ pub fn read_toml<'a>(sink: &mut impl Sink<'a>) -> Option<()> {
     // Structural errors are recorded; the tables that did read are still
     // validated, so one pass reports every error.
     Some(())
+}
+
+/// The keys a `[[token]]` must state (but for the choice of `token` or
+/// `token_sha256`): a file cut short before the last of them is refused.
+const REQUIRED_KEYS: [&str; 7] =
+    ["name", "active", "token", "token_sha256", "ip_restriction", "access_right", "expires"];
+
+/// `rate`, `burst` and `concurrency` of a right or a token, taken out of
+/// `table` as they are: their types are checked by the validation, which
+/// words both readers' errors alike and never quotes a value.
+fn limit_keys<'a>(table: &mut dyn TableLike, at: &Option<Range<usize>>) -> RawLimits<'a> {
+    let mut take = |key: &str| {
+        let item = table.remove(key)?;
+        Some(match item.as_value() {
+            Some(v @ Value::String(s)) => {
+                RawValue::Text(SpannedText { text: Cow::Owned(s.value().clone()), span: v.span().unwrap_or(0..0) })
+            }
+            Some(v @ Value::Integer(i)) => RawValue::Integer(*i.value(), v.span().unwrap_or(0..0)),
+            _ => RawValue::Other(item.span().or(at.clone()).unwrap_or(0..0)),
+        })
+    };
+    RawLimits { rate: take("rate"), burst: take("burst"), concurrency: take("concurrency") }
 }
 
 /// `token`, `token_sha256` and `expires` of a `[[token]]`, taken out of
@@ -233,7 +263,38 @@ struct Builder<'a> {
     last_restriction: Option<(Vec<SpannedText<'a>>, u32)>,
     /// Tokens naming a right not seen yet (rights may follow tokens).
     pending: Vec<RawToken<'a>>,
+    /// What each right (by its index) sets of `rate`, `burst` and
+    /// `concurrency`, for its tokens.
+    right_limits: Vec<RightLimits>,
+    /// Whether a token past [`MAX_LIMIT_SETS`] distinct sets of limits was
+    /// reported (once, not once per token).
+    limit_sets_full: bool,
     warnings: Vec<ConfigError>,
+}
+
+/// What the validation keeps of one right's limits.
+#[derive(Debug, Default)]
+struct RightLimits {
+    /// Its own, validated; `None` when one was wrong (already an error, so
+    /// its tokens are not checked against it).
+    limits: Option<Limits>,
+    /// Whether it writes a `rate` (valid or not): a token's `burst` may
+    /// rest on it.
+    rate_written: bool,
+    /// When it writes any: the first key's name and span, and where the
+    /// last one's value begins (no token naming the right may come before).
+    written: Option<(&'static str, Range<usize>, usize)>,
+    /// Whether a token above it has been reported.
+    reported: bool,
+}
+
+/// A token's values, checked.
+struct Checked {
+    digests: Vec<TokenHash>,
+    expires: Option<SystemTime>,
+    restriction: u32,
+    /// Its own limits (before its right's are merged in); `None` on an error.
+    limits: Option<Limits>,
 }
 
 impl<'a> Builder<'a> {
@@ -247,6 +308,8 @@ impl<'a> Builder<'a> {
             over_limit: None,
             last_restriction: None,
             pending: Vec::new(),
+            right_limits: Vec::new(),
+            limit_sets_full: false,
             warnings: Vec::new(),
         }
     }
@@ -290,9 +353,20 @@ impl<'a> Builder<'a> {
             }
             return;
         };
-        let Some((digests, expires, restriction)) = self.check_values(&t) else { return };
+        let checked = self.check_values(&t);
+        let limits = self.effective_limits(&t, right, checked.as_ref().and_then(|c| c.limits));
+        let Some(Checked { digests, expires, restriction, .. }) = checked else { return };
         let name = t.name.text.as_ref();
-        let new = TokenRow { digests: &digests, name, active: t.active, expires, right, restriction, line: t.line };
+        let new = TokenRow {
+            digests: &digests,
+            name,
+            active: t.active,
+            expires,
+            right,
+            restriction,
+            limits: limits.unwrap_or(0),
+            line: t.line,
+        };
         match self.table.insert(new) {
             Ok(()) => {}
             Err(Duplicate { name: same_name, token: same_token, full }) => {
@@ -319,11 +393,87 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The digests, expiry and restriction of a token, recording what is
-    /// wrong (the name too). Only a missing or bad digest stops the token
-    /// from being entered: the others are still checked for duplicates (the
-    /// table is not used then).
-    fn check_values(&mut self, t: &RawToken<'a>) -> Option<(Vec<TokenHash>, Option<SystemTime>, u32)> {
+    /// A token's limits merged over those of its right (by index), checked
+    /// against it, and interned: `None` on an error (recorded), so that
+    /// the table is not used.
+    fn effective_limits(&mut self, t: &RawToken<'a>, right: u16, own: Option<Limits>) -> Option<u16> {
+        let name = shown(&t.name.text);
+        let r = self.right_limits.get_mut(usize::from(right))?;
+        // A right's limits written below a token that names it: a file cut
+        // short inside the right would keep the token and drop the limits.
+        if let Some((key, span, last_at)) = &r.written {
+            if *last_at > t.span.start && !std::mem::replace(&mut r.reported, true) {
+                let msg = format!(
+                    "access right `{}` sets `{key}` below token `{name}` (line {}), which names it: define an access \
+                     right with limits above every token that uses it (a file cut short inside the right would drop \
+                     its limits from the tokens above)",
+                    shown(&t.access_right.text),
+                    t.line,
+                );
+                self.src.error(Some(span.clone()), msg);
+            }
+        }
+        if let Some(burst) = &t.limits.burst {
+            if t.limits.rate.is_none() && !r.rate_written {
+                let msg = format!(
+                    "`burst` of token `{name}` needs a `rate`, on the token or on its access right `{}`: it is the \
+                     size of the rate's bucket",
+                    shown(&t.access_right.text)
+                );
+                self.src.error(Some(burst.span().clone()), msg);
+                return None;
+            }
+        }
+        let effective = own?.over(r.limits?);
+        match self.table.limits(effective) {
+            Some(id) => Some(id),
+            None => {
+                if !std::mem::replace(&mut self.limit_sets_full, true) {
+                    let msg = format!(
+                        "the tokens use more than {MAX_LIMIT_SETS} different sets of `rate`, `burst` and \
+                         `concurrency`; token `{name}` is the first past the limit"
+                    );
+                    self.src.error(Some(t.span.clone()), msg);
+                }
+                None
+            }
+        }
+    }
+
+    /// The `rate`, `burst` and `concurrency` a right or token writes,
+    /// checked; `None` on an error (each recorded).
+    fn own_limits(&mut self, raw: &RawLimits<'a>) -> Option<Limits> {
+        let rate = self.checked(raw.rate.as_ref(), |v| match v {
+            RawValue::Text(t) => parse_rate(&t.text),
+            _ => Err(RATE_FORMAT.to_string()),
+        });
+        let count = |key: &'static str| {
+            move |v: &RawValue<'a>| match v {
+                RawValue::Integer(n, _) => check_count(key, *n),
+                _ => Err(count_format(key)),
+            }
+        };
+        let burst = self.checked(raw.burst.as_ref(), count("burst"));
+        let concurrency = self.checked(raw.concurrency.as_ref(), count("concurrency"));
+        Some(Limits { rate: rate.ok()?, burst: burst.ok()?, concurrency: concurrency.ok()? })
+    }
+
+    /// `check` on a value that may be absent, recording its error at it.
+    fn checked<T>(
+        &mut self,
+        v: Option<&RawValue<'a>>,
+        check: impl FnOnce(&RawValue<'a>) -> Result<T, String>,
+    ) -> Result<Option<T>, ()> {
+        let Some(v) = v else { return Ok(None) };
+        check(v).map(Some).map_err(|msg| self.src.error(Some(v.span().clone()), msg))
+    }
+
+    /// The digests, expiry, restriction and own limits of a token,
+    /// recording what is wrong (the name too). Only a missing or bad digest
+    /// or a name too long for the table stops the token from being entered:
+    /// the others are still checked for duplicates (the table is not used
+    /// then).
+    fn check_values(&mut self, t: &RawToken<'a>) -> Option<Checked> {
         let name = t.name.text.as_ref();
         check_name(&mut self.src, "token name", name, &t.name.span);
         let digests = match (&t.token, &t.token_sha256) {
@@ -373,7 +523,24 @@ impl<'a> Builder<'a> {
                 at
             }
         };
-        Some((digests?, expires, restriction.unwrap_or(0)))
+        let limits = self.own_limits(&t.limits);
+        // After every required key a limit key would be lost without a
+        // trace by a file cut short just before it (interface.md §4); above
+        // the last one, such a cut drops that required key too and is
+        // refused. (Without `expires` the file is refused already.)
+        if t.expires.is_some() {
+            for (key, v) in t.limits.written().filter(|(_, v)| v.span().start > t.last_required_at) {
+                let msg = format!(
+                    "`{key}` of token `{}` comes after all its required keys: write `rate`, `burst` and \
+                     `concurrency` above its last required key (above `expires`, say), so that a file cut short \
+                     just before them is refused rather than read without them",
+                    shown(name)
+                );
+                self.src.error(Some(v.span().clone()), msg);
+            }
+        }
+        let fits = name.len() <= MAX_NAME_BYTES;
+        Some(Checked { digests: digests.filter(|_| fits)?, expires, restriction: restriction.unwrap_or(0), limits })
     }
 
     /// A warning for `check` and the load's log, at `at` (a byte offset).
@@ -535,6 +702,20 @@ impl<'a> Sink<'a> for Builder<'a> {
                 Err(msg) => self.src.error(Some(rt.span.clone()), msg),
             }
         }
+        let mut limits = self.own_limits(&r.limits);
+        if let (Some(burst), None) = (&r.limits.burst, &r.limits.rate) {
+            let msg = format!(
+                "`burst` of access right `{}` needs a `rate` on the same right: it is the size of the rate's bucket",
+                shown(&r.name)
+            );
+            self.src.error(Some(burst.span().clone()), msg);
+            limits = None;
+        }
+        let written = r.limits.written().next().map(|(key, v)| {
+            let last_at = r.limits.written().map(|(_, v)| v.span().start).max().unwrap_or(0);
+            (key, v.span().clone(), last_at)
+        });
+        let right_limits = RightLimits { limits, rate_written: r.limits.rate.is_some(), written, reported: false };
         let actions = if any { Actions::Any } else { Actions::Listed(actions.into()) };
         let right = Arc::new(AccessRight { name: r.name.as_ref().into(), actions, routes: routes.into() });
         let Some(index) = self.table.add_right(right) else {
@@ -545,6 +726,7 @@ impl<'a> Sink<'a> for Builder<'a> {
             return;
         };
         self.rights.insert(r.name.as_ref().into(), index);
+        self.right_limits.push(right_limits);
     }
 
     fn token(&mut self, t: RawToken<'a>) {
@@ -554,6 +736,39 @@ impl<'a> Sink<'a> for Builder<'a> {
     fn source(&mut self) -> &mut Source<'a> {
         &mut self.src
     }
+}
+
+/// The largest `burst`, `concurrency` and N of a `rate`: far above what
+/// one token should ever be allowed against a scanner, and low enough that
+/// no arithmetic on them can overflow (a bucket's tolerance is burst times
+/// the rate's interval, in nanoseconds).
+pub const MAX_LIMIT: u32 = 1_000_000;
+
+const RATE_FORMAT: &str =
+    "`rate` must be a string N/s, N/m or N/h (requests per second, minute or hour), N a whole number from 1 to \
+     1000000, e.g. \"10/s\"";
+
+/// A `rate` as the token file and `token new --rate` take it: `N/s`,
+/// `N/m` or `N/h`, N from 1 to [`MAX_LIMIT`], digits only, no spaces.
+/// The error never quotes the value.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let plain = text.split_once('/').is_some_and(|(n, unit)| {
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && matches!(unit, "s" | "m" | "h")
+    });
+    match Rate::parse(text).filter(|r| plain && r.n <= MAX_LIMIT) {
+        Some(r) => Ok(r),
+        None => Err(RATE_FORMAT.to_string()),
+    }
+}
+
+/// A `burst` or `concurrency` (`key`): a whole number from 1 to
+/// [`MAX_LIMIT`].
+pub fn check_count(key: &str, n: i64) -> Result<u32, String> {
+    u32::try_from(n).ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| count_format(key))
+}
+
+fn count_format(key: &str) -> String {
+    format!("`{key}` must be a whole number from 1 to {MAX_LIMIT}, without quotes")
 }
 
 /// RFC 3339 with an offset (`Z` or `+hh:mm`).
@@ -810,8 +1025,11 @@ mod cut_tests {
     /// "Grants no more": every right of `cut` exists in `whole` by name
     /// with no ACTION or route more; every token of `cut` is, by each of
     /// its digests, the token of the same name in `whole`, with the same
-    /// right, active only if that one is, expiring no later, and allowed
-    /// from no address that one is not.
+    /// right, active only if that one is, expiring no later, allowed from
+    /// no address that one is not, and with limits no looser: a rate where
+    /// that one has one, no faster and with no larger a burst, and a
+    /// concurrency where that one has one, no higher. (A right's own limits
+    /// reach requests only through its tokens, so they are compared there.)
     fn grants_no_more(cut: &TokenTable, whole: &TokenTable) -> Result<(), String> {
         let no_more = |c: &AccessRight, w: &AccessRight| match (&c.actions, &w.actions) {
             (_, Actions::Any) => c.routes.iter().all(|r| w.routes.contains(r)),
@@ -848,8 +1066,19 @@ mod cut_tests {
                     ),
                     (c.right().name == w.right().name && no_more(c.right(), w.right()), "more right"),
                 ];
-                if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
-                    return Err(format!("token {}: {why}", c.name()));
+                let (cl, wl) = (c.limits(), w.limits());
+                // c.n / c.per <= w.n / w.per, without rounding.
+                let no_faster =
+                    |(c, w): (Rate, Rate)| u128::from(c.n) * w.per.as_nanos() <= u128::from(w.n) * c.per.as_nanos();
+                let limit_checks = [
+                    (wl.rate.is_none() || cl.rate.is_some(), "no rate"),
+                    (cl.rate.zip(wl.rate).is_none_or(no_faster), "a higher rate"),
+                    (wl.rate.is_none() || cl.burst_or_n() <= wl.burst_or_n(), "a higher burst"),
+                    (wl.concurrency.is_none_or(|w| cl.concurrency.is_some_and(|c| c <= w)), "more in flight"),
+                ];
+                let checks = checks.iter().chain(&limit_checks);
+                if let Some((_, why)) = checks.into_iter().find(|(ok, _)| !ok) {
+                    return Err(format!("token {}: {why} ({cl:?} vs {wl:?})", c.name()));
                 }
             }
         }
@@ -861,6 +1090,31 @@ mod cut_tests {
         actions: Vec<&'static str>,
         routes: Vec<&'static str>,
         multi_line: bool,
+        limits: GenLimits,
+    }
+
+    /// `rate`, `burst` and `concurrency` lines, each there or not.
+    #[derive(Debug, Clone, Default)]
+    struct GenLimits {
+        rate: Option<&'static str>,
+        burst: Option<u32>,
+        concurrency: Option<u32>,
+    }
+
+    impl GenLimits {
+        /// The lines, with `burst` only where it has a rate to rest on
+        /// (`rate_above`: the right's, for a token).
+        fn lines(&self, rate_above: bool) -> Vec<String> {
+            let burst = self.burst.filter(|_| rate_above || self.rate.is_some());
+            [
+                self.rate.map(|r| format!("rate = \"{r}\"")),
+                burst.map(|b| format!("burst = {b}")),
+                self.concurrency.map(|c| format!("concurrency = {c}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        }
     }
 
     #[derive(Debug, Clone)]
@@ -873,6 +1127,10 @@ mod cut_tests {
         expires: &'static str,
         order: Vec<usize>,
         multi_line: bool,
+        limits: GenLimits,
+        /// Where each limit line goes: before the required line at this
+        /// place of `order` (0 to 5: never after the last one, the rule).
+        limit_slots: Vec<usize>,
     }
 
     /// A token file in either reader's shape: `escaped` writes names with a
@@ -893,7 +1151,12 @@ mod cut_tests {
             if comments {
                 out += "# routes next\n";
             }
-            out += &format!("routes = {} # trailing\n\n", list(&r.routes, false));
+            out += &format!("routes = {} # trailing\n", list(&r.routes, false));
+            for line in r.limits.lines(false) {
+                out += &line;
+                out += "\n";
+            }
+            out += "\n";
         }
         for (i, t) in tokens.iter().enumerate() {
             out += "[[token]]\n";
@@ -915,9 +1178,14 @@ mod cut_tests {
                 format!("access_right = \"r{}\"", t.right % rights.len()),
                 format!("expires = {}", t.expires),
             ];
-            for &k in &t.order {
-                out += &keys[k];
-                out += if comments { " # note\n" } else { "\n" };
+            let right = &rights[t.right % rights.len()];
+            let limits = t.limits.lines(right.limits.rate.is_some());
+            for (place, &k) in t.order.iter().enumerate() {
+                let here = limits.iter().zip(&t.limit_slots).filter(|&(_, &slot)| slot == place);
+                for line in here.map(|(l, _)| l).chain([&keys[k]]) {
+                    out += line;
+                    out += if comments { " # note\n" } else { "\n" };
+                }
             }
             out += "\n";
         }
@@ -929,8 +1197,18 @@ mod cut_tests {
             proptest::sample::subsequence(vec!["TARGETDATA", "SCANNERDATA", "REPORTTARGETDATA", "*"], 0..=3),
             proptest::sample::subsequence(vec!["GET /opi/rest/outscan/*", "* /*", "POST /opi/rest/x"], 0..=2),
             any::<bool>(),
+            gen_limits(),
         )
-            .prop_map(|(actions, routes, multi_line)| GenRight { actions, routes, multi_line })
+            .prop_map(|(actions, routes, multi_line, limits)| GenRight { actions, routes, multi_line, limits })
+    }
+
+    fn gen_limits() -> impl Strategy<Value = GenLimits> {
+        (
+            proptest::option::of(proptest::sample::select(vec!["1/s", "10/s", "600/m", "5/h", "1000000/s"])),
+            proptest::option::of(prop_oneof![1..=9u32, Just(1_000_000)]),
+            proptest::option::of(prop_oneof![1..=12u32, Just(1_000_000)]),
+        )
+            .prop_map(|(rate, burst, concurrency)| GenLimits { rate, burst, concurrency })
     }
 
     fn gen_token() -> impl Strategy<Value = GenToken> {
@@ -949,17 +1227,23 @@ mod cut_tests {
             ],
             Just((0..6).collect::<Vec<usize>>()).prop_shuffle(),
             any::<bool>(),
+            gen_limits(),
+            proptest::collection::vec(0..6usize, 3),
         )
-            .prop_map(|(active, digests, plain, ips, right, expires, order, multi_line)| GenToken {
-                active,
-                digests,
-                plain,
-                ips,
-                right,
-                expires,
-                order,
-                multi_line,
-            })
+            .prop_map(
+                |(active, digests, plain, ips, right, expires, order, multi_line, limits, limit_slots)| GenToken {
+                    active,
+                    digests,
+                    plain,
+                    ips,
+                    right,
+                    expires,
+                    order,
+                    multi_line,
+                    limits,
+                    limit_slots,
+                },
+            )
     }
 
     proptest! {
@@ -976,6 +1260,12 @@ mod cut_tests {
             let whole = fast.unwrap_or_else(|e| panic!("{e}\n{text}"));
             prop_assert!(general.is_ok(), "{text}");
             prop_assert_eq!(whole.table.len(), tokens.len());
+            // The limits were read as written (else the property is empty).
+            for (t, entry) in tokens.iter().zip(whole.table.entries()) {
+                let right = &rights[t.right % rights.len()].limits;
+                prop_assert_eq!(entry.limits().rate, t.limits.rate.or(right.rate).and_then(Rate::parse));
+                prop_assert_eq!(entry.limits().concurrency, t.limits.concurrency.or(right.concurrency));
+            }
             for at in (0..text.len()).filter(|&i| text.is_char_boundary(i)) {
                 let cut = &text[..at];
                 for loaded in both_readers(cut).into_iter().flatten() {
@@ -1006,6 +1296,52 @@ mod cut_tests {
         let w_inactive = parse(Path::new("t.toml"), &whole.replace("active = true", "active = false")).unwrap().table;
         assert!(grants_no_more(&w, &w_inactive).unwrap_err().contains("active"));
         assert!(grants_no_more(&w, &w).is_ok());
+    }
+
+    #[test]
+    fn the_check_sees_a_cut_that_loosens_a_limit() {
+        let whole = "[access_rights.r]\nrate = \"10/s\"\nburst = 5\nconcurrency = 2\n[[token]]\nname = \"a\"\n\
+                     active = true\ntoken = \"x\"\nip_restriction = []\naccess_right = \"r\"\nrate = \"1/s\"\n\
+                     expires = \"never\"\n";
+        let load = |text: &str| parse(Path::new("t.toml"), text).unwrap_or_else(|e| panic!("{e}\n{text}")).table;
+        let w = load(whole);
+        for (looser, why) in [
+            // The token's own rate gone: its right's, faster, applies.
+            (whole.replace("rate = \"1/s\"\n", ""), "a higher rate"),
+            (whole.replace("rate = \"1/s\"", "rate = \"2/s\""), "a higher rate"),
+            (whole.replace("rate = \"1/s\"", "rate = \"61/m\""), "a higher rate"),
+            (whole.replace("rate = \"10/s\"\nburst = 5\n", "").replace("rate = \"1/s\"\n", ""), "no rate"),
+            (whole.replace("burst = 5", "burst = 6"), "a higher burst"),
+            (whole.replace("concurrency = 2", "concurrency = 3"), "more in flight"),
+            (whole.replace("concurrency = 2\n", ""), "more in flight"),
+        ] {
+            let err = grants_no_more(&load(&looser), &w).unwrap_err();
+            assert!(err.contains(why), "{err}\n{looser}");
+        }
+        for tighter in [
+            whole.replace("rate = \"1/s\"", "rate = \"59/m\""),
+            whole.replace("burst = 5", "burst = 1"),
+            whole.replace("[[token]]", "[[token]]\nconcurrency = 1"),
+        ] {
+            assert_eq!(grants_no_more(&load(&tighter), &w), Ok(()), "{tighter}");
+        }
+
+        // Why the two rules: each file below breaks one, and is refused;
+        // cut just before the limit line it would load without the limit,
+        // granting more than the same file written by the rules.
+        let token_last =
+            whole.replace("rate = \"1/s\"\nexpires = \"never\"\n", "expires = \"never\"\nrate = \"1/s\"\n");
+        let right_below = format!("{}[access_rights.r]\nrate = \"10/s\"\n", &whole[whole.find("[[token]]").unwrap()..])
+            .replace("rate = \"1/s\"\n", "");
+        let right_above = whole.replace("burst = 5\nconcurrency = 2\n", "").replace("rate = \"1/s\"\n", "");
+        for (broken, by_the_rules, why) in
+            [(token_last, whole.to_string(), "a higher rate"), (right_below, right_above, "no rate")]
+        {
+            assert!(parse(Path::new("t.toml"), &broken).is_err(), "{broken}");
+            let cut = &broken[..broken.rfind("rate = ").unwrap()];
+            let err = grants_no_more(&load(cut), &load(&by_the_rules)).unwrap_err();
+            assert!(err.contains(why), "{err}\n{cut}");
+        }
     }
 }
 
@@ -1122,5 +1458,240 @@ mod limit_tests {
         let under: String = (0..65_535).map(|i| format!("[access_rights.r{i}]\n")).collect::<String>()
             + &token("\"a\"", &format!("\"{D1}\"")).replace("\"r\"", "\"r65534\"");
         assert_eq!(parse(Path::new("t.toml"), &under).unwrap().table.rights().len(), 65_535);
+    }
+}
+
+/// `rate`, `burst` and `concurrency` (interface.md §4): read by both
+/// readers, checked where they stand, merged key by key.
+#[cfg(test)]
+mod token_limits_tests {
+    use super::*;
+
+    /// The errors of both readers (the scanner through `parse`, and the
+    /// general reader alone), which must be the same.
+    fn errors(text: &str) -> Vec<String> {
+        let path = Path::new("t.toml");
+        let mut general = Builder::new(Source::new(path, text));
+        read_toml(&mut general);
+        let [fast, slow] = [parse(path, text), general.finish()].map(|r| match r {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        assert_eq!(fast, slow, "the two readers disagree on\n{text}");
+        fast
+    }
+
+    fn digest(i: u8) -> String {
+        format!("{i:02x}").repeat(32)
+    }
+
+    /// A right `r` with `right` lines (from line 3), and token `a` of it
+    /// with `own` lines before its `expires` (from line 11 when `right` is
+    /// one line).
+    fn file(right: &str, own: &str) -> String {
+        format!(
+            "[access_rights.r]\nactions = [\"TARGETDATA\"]\n{right}\n\n[[token]]\nname = \"a\"\nactive = true\n\
+             token_sha256 = \"{}\"\nip_restriction = []\naccess_right = \"r\"\n{own}\nexpires = \"never\"\n",
+            digest(1)
+        )
+    }
+
+    #[test]
+    fn a_rights_limits_apply_to_its_tokens_and_a_tokens_own_replace_them_key_by_key() {
+        let text = format!(
+            "[access_rights.limited]\nrate = \"10/s\"\nburst = 20\nconcurrency = 4\nactions = [\"TARGETDATA\"]\n\
+             [access_rights.free]\n{}{}{}{}",
+            TokenSpec("a", 1, "limited", ""),
+            TokenSpec("b", 2, "limited", "rate = \"1/m\"\n"),
+            TokenSpec("c", 3, "limited", "concurrency = 1\nburst = 3\n"),
+            TokenSpec("d", 4, "free", "rate = \"7/h\"\n"),
+        ) + &TokenSpec("e", 5, "free", "").to_string();
+        let general = {
+            let mut g = Builder::new(Source::new(Path::new("t.toml"), &text));
+            read_toml(&mut g);
+            g.finish().unwrap().table
+        };
+        let fast = parse(Path::new("t.toml"), &text).unwrap().table;
+        let rate = |s| Rate::parse(s);
+        let want = [
+            ("a", Limits { rate: rate("10/s"), burst: Some(20), concurrency: Some(4) }),
+            ("b", Limits { rate: rate("1/m"), burst: Some(20), concurrency: Some(4) }),
+            ("c", Limits { rate: rate("10/s"), burst: Some(3), concurrency: Some(1) }),
+            ("d", Limits { rate: rate("7/h"), burst: None, concurrency: None }),
+            ("e", Limits::default()),
+        ];
+        for table in [fast, general] {
+            for (i, (name, limits)) in want.iter().enumerate() {
+                let t = table.get(&TokenHash::from_hex(&digest(i as u8 + 1)).unwrap()).unwrap();
+                assert_eq!((t.name(), t.limits()), (*name, *limits));
+            }
+            assert_eq!(table.get(&TokenHash::from_hex(&digest(4)).unwrap()).unwrap().limits().burst_or_n(), 7);
+        }
+        // Every TOML spelling of an integer reads alike (the general reader).
+        let hex = file("rate = \"1/s\"\nburst = 0x1_0\nconcurrency = +3", "");
+        let t = parse(Path::new("t.toml"), &hex).unwrap().table;
+        let l = t.entries().next().unwrap().limits();
+        assert_eq!((l.burst, l.concurrency), (Some(16), Some(3)));
+    }
+
+    /// `[[token]]` with `name`, digest `d`, right `right` and `own` lines
+    /// before `expires`.
+    struct TokenSpec<'s>(&'s str, u8, &'s str, &'s str);
+
+    impl std::fmt::Display for TokenSpec<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let TokenSpec(name, d, right, own) = self;
+            write!(
+                f,
+                "[[token]]\nname = \"{name}\"\nactive = true\ntoken_sha256 = \"{}\"\nip_restriction = []\n\
+                 access_right = \"{right}\"\n{own}expires = \"never\"\n",
+                digest(*d)
+            )
+        }
+    }
+
+    #[test]
+    fn every_bad_limit_is_refused_where_it_stands() {
+        let rate = "`rate` must be a string N/s, N/m or N/h (requests per second, minute or hour), N a whole number \
+                    from 1 to 1000000";
+        let burst = "`burst` must be a whole number from 1 to 1000000, without quotes";
+        let concurrency = "`concurrency` must be a whole number from 1 to 1000000, without quotes";
+        for (right, own, want) in [
+            ("rate = \"0/s\"", "", format!("t.toml:3:8: {rate}")),
+            ("rate = \"10/d\"", "", format!("t.toml:3:8: {rate}")),
+            ("rate = \"10\"", "", format!("t.toml:3:8: {rate}")),
+            ("rate = \"10 / s\"", "", format!("t.toml:3:8: {rate}")),
+            ("rate = \"+5/s\"", "", format!("t.toml:3:8: {rate}")),
+            ("rate = \"1000001/s\"", "", format!("t.toml:3:8: {rate}")),
+            ("rate = \"99999999999/s\"", "", format!("t.toml:3:8: {rate}")),
+            ("rate = 10", "", format!("t.toml:3:8: {rate}")),
+            ("rate = [\"1/s\"]", "", format!("t.toml:3:8: {rate}")),
+            ("", "rate = '5/x'", format!("t.toml:11:8: {rate}")),
+            ("rate = \"1/s\"\nburst = 0", "", format!("t.toml:4:9: {burst}")),
+            ("rate = \"1/s\"\nburst = -3", "", format!("t.toml:4:9: {burst}")),
+            ("rate = \"1/s\"\nburst = 1000001", "", format!("t.toml:4:9: {burst}")),
+            ("rate = \"1/s\"\nburst = 99999999999999999999", "", "t.toml:4:9: ".to_string()),
+            ("rate = \"1/s\"\nburst = \"20\"", "", format!("t.toml:4:9: {burst}")),
+            ("rate = \"1/s\"\nburst = 2.5", "", format!("t.toml:4:9: {burst}")),
+            ("concurrency = 0", "", format!("t.toml:3:15: {concurrency}")),
+            ("concurrency = true", "", format!("t.toml:3:15: {concurrency}")),
+            ("", "concurrency = 2027-01-01", format!("t.toml:11:15: {concurrency}")),
+            (
+                "burst = 5",
+                "",
+                "t.toml:3:9: `burst` of access right `r` needs a `rate` on the same right: it is the size of the \
+                 rate's bucket"
+                    .into(),
+            ),
+            (
+                "",
+                "burst = 5",
+                "t.toml:11:9: `burst` of token `a` needs a `rate`, on the token or on its access right `r`".into(),
+            ),
+            ("rate = \"1/s\"\nrate = \"2/s\"", "", "t.toml:4:1: duplicate key `rate`".into()),
+        ] {
+            let errs = errors(&file(right, own));
+            assert_eq!(errs.len(), 1, "{right} / {own}: {errs:#?}");
+            assert!(errs[0].starts_with(&want), "{right} / {own}: {errs:#?}, want {want}");
+        }
+        // At the bounds, and a token's burst resting on its right's rate: fine.
+        for (right, own) in [
+            ("rate = \"1000000/s\"\nburst = 1000000\nconcurrency = 1000000", ""),
+            ("rate = \"1/h\"\nburst = 1\nconcurrency = 1", ""),
+            ("rate = \"1/s\"", "burst = 3"),
+            ("", "rate = \"3/m\"\nburst = 3"),
+        ] {
+            assert_eq!(errors(&file(right, own)), Vec::<String>::new(), "{right} / {own}");
+        }
+    }
+
+    #[test]
+    fn a_limit_after_all_of_a_tokens_required_keys_is_refused() {
+        // Where `token new` writes them, and anywhere above the last
+        // required key: fine.
+        let above = format!(
+            "[access_rights.r]\n[[token]]\nrate = \"1/s\"\nname = \"a\"\nconcurrency = 2\nactive = true\n\
+             token_sha256 = \"{}\"\nip_restriction = []\nburst = 1\nexpires = \"never\"\naccess_right = \"r\"\n",
+            digest(1)
+        );
+        assert_eq!(errors(&above), Vec::<String>::new());
+        let l = parse(Path::new("t.toml"), &above).unwrap().table.entries().next().unwrap().limits();
+        assert_eq!((l.rate, l.burst, l.concurrency), (Rate::parse("1/s"), Some(1), Some(2)));
+        // After the last one (`expires` here): each such key is refused.
+        let below =
+            file("", "").replace("expires = \"never\"\n", "expires = \"never\"\nrate = \"1/s\" # x\nconcurrency = 3\n");
+        let errs = errors(&below);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        let why = "of token `a` comes after all its required keys: write `rate`, `burst` and `concurrency` above \
+                   its last required key (above `expires`, say)";
+        assert!(errs[0].starts_with(&format!("t.toml:13:8: `rate` {why}")), "{errs:#?}");
+        assert!(errs[1].starts_with(&format!("t.toml:14:15: `concurrency` {why}")), "{errs:#?}");
+        // Whichever required key is last.
+        let last =
+            above.replace("burst = 1\n", "").replace("access_right = \"r\"\n", "access_right = \"r\"\nburst = 1\n");
+        assert!(errors(&last)[0].starts_with("t.toml:11:9: `burst` of token `a` comes after"), "{:?}", errors(&last));
+        // A token without `expires` is refused for that alone.
+        let no_expiry = below.replace("expires = \"never\"\n", "");
+        let errs = errors(&no_expiry);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].contains("has no `expires`"), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_right_with_limits_below_a_token_that_names_it_is_refused() {
+        let token = TokenSpec("a", 1, "r", "").to_string();
+        for (right, at) in [
+            ("[access_rights.r]\nactions = [\"TARGETDATA\"]\nrate = \"1/s\"\n", "10:8: access right `r` sets `rate`"),
+            ("[access_rights.r]\nconcurrency = 1\n", "9:15: access right `r` sets `concurrency`"),
+            // Any spelling (only the general reader reads these).
+            ("[access_rights]\nr = { concurrency = 1 }\n", "9:21: access right `r` sets `concurrency`"),
+            ("[access_rights]\nr.rate = \"1/s\"\n", "9:10: access right `r` sets `rate`"),
+        ] {
+            let errs = errors(&format!("{token}{right}"));
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+            let want = format!(
+                "t.toml:{at} below token `a` (line 1), which names it: define an access right with limits above \
+                 every token that uses it"
+            );
+            assert!(errs[0].starts_with(&want), "{errs:#?}, want {want}");
+        }
+        // Reported once however many tokens are above it; a right without
+        // limits may follow its tokens as before.
+        let two = format!("{token}{}[access_rights.r]\nrate = \"1/s\"\n", TokenSpec("b", 2, "r", ""));
+        assert_eq!(errors(&two).len(), 1, "{:?}", errors(&two));
+        assert_eq!(errors(&format!("{token}[access_rights.r]\nactions = [\"*\"]\n")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn errors_about_limits_never_quote_the_value() {
+        let secret = "1234567890987654321";
+        for (right, own) in [
+            (format!("rate = \"{secret}/s\""), String::new()),
+            (format!("rate = \"{secret}\""), String::new()),
+            (String::new(), format!("concurrency = {secret}")),
+            (format!("rate = \"1/s\"\nburst = \"{secret}\""), String::new()),
+            (format!("rate = {secret}"), String::new()),
+        ] {
+            let errs = errors(&file(&right, &own));
+            assert!(!errs.is_empty());
+            assert!(!errs.iter().any(|e| e.contains(secret) || e.contains("987654")), "{errs:#?}");
+        }
+    }
+
+    #[test]
+    fn tokens_without_limits_share_the_empty_set_and_distinct_sets_are_interned() {
+        let mut text = String::from("[access_rights.r]\nconcurrency = 8\n[access_rights.free]\n");
+        for i in 0..40u8 {
+            let own = ["", "rate = \"5/s\"\n", "concurrency = 2\n", "rate = \"5/s\"\nconcurrency = 8\n"];
+            let name = format!("t{i}");
+            text += &TokenSpec(&name, i + 1, if i < 20 { "r" } else { "free" }, own[usize::from(i % 4)]).to_string();
+        }
+        let table = parse(Path::new("t.toml"), &text).unwrap().table;
+        let distinct: FxHashSet<u16> = table.entries().map(|t| t.limits_index()).collect();
+        // {c8}, {5/s c8}, {c2} for r's; none, {5/s}, and the same {c2} and
+        // {5/s c8} for free's.
+        assert_eq!(distinct.len(), 5, "{distinct:?}");
+        assert!(table.entries().filter(|t| !t.limits().any()).all(|t| t.limits_index() == 0));
+        assert_eq!(table.entries().filter(|t| t.limits_index() == 0).count(), 5);
     }
 }

@@ -1,15 +1,16 @@
 //! A fast reader for token files written the way they are written: table
 //! headers, `key = value` lines, basic strings without escapes, literal
-//! strings, booleans, offset date-times and arrays of strings. It gives up
-//! (`None`) at anything else, and the general TOML reader takes over; so it
-//! only has to be right about what it accepts, never complete. A 1,000,000
-//! token file is ~190 MB: the general reader takes many seconds for it.
+//! strings, booleans, plain decimal integers, offset date-times and arrays
+//! of strings. It gives up (`None`) at anything else, and the general TOML
+//! reader takes over; so it only has to be right about what it accepts,
+//! never complete. A 1,000,000 token file is ~190 MB: the general reader
+//! takes many seconds for it.
 
 use std::borrow::Cow;
 
 use rustc_hash::FxHashSet;
 
-use super::raw::{RawDigests, RawRight, RawToken, Sink, SpannedText};
+use super::raw::{RawDigests, RawLimits, RawRight, RawToken, RawValue, Sink, SpannedText};
 
 /// Scans `text`, handing each table to `sink` as it is read; `None` when
 /// the text is not in the subset (or not valid TOML): what the sink got is
@@ -49,7 +50,13 @@ pub fn scan<'a>(text: &'a str, sink: &mut impl Sink<'a>) -> Option<()> {
                 return None;
             }
             current = Table::Right(
-                RawRight { name: Cow::Borrowed(name), span: start..s.pos, actions: vec![], routes: vec![] },
+                RawRight {
+                    name: Cow::Borrowed(name),
+                    span: start..s.pos,
+                    actions: vec![],
+                    routes: vec![],
+                    limits: RawLimits::default(),
+                },
                 [false; 2],
             );
         } else {
@@ -61,18 +68,19 @@ pub fn scan<'a>(text: &'a str, sink: &mut impl Sink<'a>) -> Option<()> {
             s.skip_ws();
             match &mut current {
                 Table::None => return None,
-                Table::Right(r, seen) => {
-                    let (slot, i) = match key {
-                        "actions" => (&mut r.actions, 0),
-                        "routes" => (&mut r.routes, 1),
-                        _ => return None,
-                    };
-                    if std::mem::replace(&mut seen[i], true) {
-                        return None;
+                Table::Right(r, seen) => match key {
+                    "actions" | "routes" => {
+                        let i = usize::from(key == "routes");
+                        if std::mem::replace(&mut seen[i], true) {
+                            return None;
+                        }
+                        let list = s.string_array()?;
+                        *if i == 0 { &mut r.actions } else { &mut r.routes } = list;
                     }
-                    *slot = s.string_array()?;
-                }
+                    _ => s.limit(&mut r.limits, key)?,
+                },
                 Table::Token(t) => {
+                    let at = s.pos;
                     let dup = match key {
                         "name" => t.name.replace(s.string()?).is_some(),
                         "active" => t.active.replace(s.boolean()?).is_some(),
@@ -81,10 +89,16 @@ pub fn scan<'a>(text: &'a str, sink: &mut impl Sink<'a>) -> Option<()> {
                         "ip_restriction" => t.ip_restriction.replace(s.string_array()?).is_some(),
                         "access_right" => t.access_right.replace(s.string()?).is_some(),
                         "expires" => t.expires.replace(s.datetime_or_string()?).is_some(),
-                        _ => return None,
+                        _ => {
+                            s.limit(&mut t.limits, key)?;
+                            false
+                        }
                     };
                     if dup {
                         return None;
+                    }
+                    if !matches!(key, "rate" | "burst" | "concurrency") {
+                        t.last_required_at = at;
                     }
                 }
             }
@@ -117,6 +131,9 @@ struct TokenKeys<'a> {
     ip_restriction: Option<Vec<SpannedText<'a>>>,
     access_right: Option<SpannedText<'a>>,
     expires: Option<SpannedText<'a>>,
+    limits: RawLimits<'a>,
+    /// Where the value of the last required key so far begins.
+    last_required_at: usize,
 }
 
 fn finish<'a>(sink: &mut impl Sink<'a>, t: Table<'a>) -> Option<()> {
@@ -135,6 +152,8 @@ fn finish<'a>(sink: &mut impl Sink<'a>, t: Table<'a>) -> Option<()> {
             ip_restriction: k.ip_restriction?,
             access_right: k.access_right?,
             expires: k.expires,
+            limits: k.limits,
+            last_required_at: k.last_required_at,
         }),
     }
     Some(())
@@ -256,6 +275,34 @@ impl<'a> Scanner<'a> {
         let text = &self.text[body..self.pos];
         self.pos += 1;
         Some(SpannedText { text: Cow::Borrowed(text), span: start..self.pos })
+    }
+
+    /// `rate = "N/u"`, `burst = N` or `concurrency = N` into `limits`
+    /// (`None` for any other key, a second one, or another type).
+    fn limit(&mut self, limits: &mut RawLimits<'a>, key: &str) -> Option<()> {
+        let (slot, value) = match key {
+            "rate" => (&mut limits.rate, RawValue::Text(self.string()?)),
+            "burst" => (&mut limits.burst, self.integer()?),
+            "concurrency" => (&mut limits.concurrency, self.integer()?),
+            _ => return None,
+        };
+        slot.replace(value).is_none().then_some(())
+    }
+
+    /// A decimal integer written plainly: no sign, no `_`, no leading zero
+    /// (TOML's other spellings are left to the general reader). What
+    /// follows is checked by the caller's `end_of_line`: `12.5`, `12e3`
+    /// and `1979-05-27` are not integers and are given up there.
+    fn integer(&mut self) -> Option<RawValue<'a>> {
+        let start = self.pos;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.pos += 1;
+        }
+        let digits = &self.text[start..self.pos];
+        if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
+            return None;
+        }
+        Some(RawValue::Integer(digits.parse().ok()?, start..self.pos))
     }
 
     fn boolean(&mut self) -> Option<bool> {
@@ -397,10 +444,15 @@ mod tests {
         actions = [\"TARGETDATA\", 'SCANNERDATA'] # trailing\n\
         routes = [\n  \"GET /opi/rest/*\", # why\n  'GET /x',\n]\n\
         \n\
+        rate = \"10/s\" # per token\n\
+        burst = 20\n\
         [access_rights.none]\n\
+        concurrency = 0\n\
         [[token]]\n\
         name = \"a\"\n\
+        concurrency = 4\n\
         active = true\n\
+        rate = 'x'\n\
         token_sha256 = \"00\"\n\
         ip_restriction = []\n\
         access_right = \"read-only\"\n\
@@ -426,7 +478,12 @@ mod tests {
         let fast = scan(SAMPLE).expect("the usual shape is scanned");
         let slow = general(SAMPLE).expect("valid TOML");
         assert_eq!(norm(&fast), norm(&slow));
-        assert_eq!(fast.tokens[1].line, 18);
+        assert_eq!(fast.tokens[1].line, 23);
+        let at = |s: &str| SAMPLE.find(s).unwrap() + s.len();
+        assert_eq!(fast.rights[0].limits.burst, Some(RawValue::Integer(20, at("burst = ")..at("burst = 20"))));
+        assert!(matches!(&fast.tokens[0].limits.rate, Some(RawValue::Text(t)) if t.text == "x"));
+        assert_eq!(fast.tokens[0].limits.concurrency, Some(RawValue::Integer(4, at("y = 4") - 1..at("y = 4"))));
+        assert_eq!(&SAMPLE[fast.tokens[0].last_required_at..][..20], "2027-06-30T00:00:00Z");
     }
 
     #[test]
@@ -448,8 +505,101 @@ mod tests {
             "[[token]]\nname = \"a\"\nactive = true\nip_restriction = [1]\naccess_right = \"r\"\n",
             "[access_rights.r]\n[access_rights.r]\n",
             "[[token]]\nname = \"a\" # \u{7}\nactive = true\nip_restriction = []\naccess_right = \"r\"\n",
+            // Limits in any spelling but the plain one, or twice.
+            "[access_rights.r]\nburst = 012\n",
+            "[access_rights.r]\nburst = 1_0\n",
+            "[access_rights.r]\nburst = +1\n",
+            "[access_rights.r]\nburst = 0x1\n",
+            "[access_rights.r]\nburst = 2.5\n",
+            "[access_rights.r]\nburst = 1e3\n",
+            "[access_rights.r]\nburst = 99999999999999999999\n",
+            "[access_rights.r]\nconcurrency = 1979-05-27\n",
+            "[access_rights.r]\nrate = 5\n",
+            "[access_rights.r]\nrate = \"1/s\"\nrate = \"1/s\"\n",
+            "[access_rights.r]\nrates = \"1/s\"\n",
+            "[[token]]\nname = \"a\"\nactive = true\nip_restriction = []\naccess_right = \"r\"\nburst = [1]\n",
         ] {
             assert!(scan(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    /// A `rate` line, in spellings the scanner reads and some it does not.
+    const RATE_LINE: &str = "rate ?= ?(\"[0-9]{0,3}/[smhd]\"|'1/s'|1|\"\")( #x)?";
+    /// A `burst` or `concurrency` line, likewise.
+    const COUNT_LINE: &str =
+        "(burst|concurrency) ?= ?(0|7|12|007|-1|\\+3|1_0|0x1f|2\\.5|1e3|\"3\"|true|99999999999999999999)( #x)?";
+
+    /// The three limit keys, each present or not, mostly in the spelling
+    /// the scanner reads, sometimes in another (TOML's or none).
+    fn limit_lines() -> impl Strategy<Value = Vec<String>> {
+        let count = |key: &'static str| {
+            prop_oneof![
+                4 => "(0|[1-9][0-9]{0,6})( #x)?".prop_map(move |v| format!("{key} = {v}")),
+                1 => "(007|-1|\\+3|1_0|0x1f|2\\.5|1e3|\"3\"|true|99999999999999999999)"
+                    .prop_map(move |v| format!("{key} ={v}")),
+            ]
+        };
+        let rate = prop_oneof![
+            4 => "rate ?= ?(\"[0-9]{0,3}/[smhd]\"|'1/s'|\"\")( #x)?",
+            1 => "rate = (1|\"\"\"1/s\"\"\"|\"1\\\\u002fs\")",
+        ];
+        (proptest::option::of(rate), proptest::option::of(count("burst")), proptest::option::of(count("concurrency")))
+            .prop_map(|(a, b, c)| [a, b, c].into_iter().flatten().collect())
+    }
+
+    /// A `[[token]]` with its required keys (one sometimes missing) and
+    /// limit keys, in any order: what token files look like, so that the
+    /// scanner accepts many of them.
+    fn token_table() -> impl Strategy<Value = String> {
+        let required = (
+            "name = (\"[a-z]{1,3}\"|'q')",
+            "active = (true|false)",
+            "token_sha256 = (\"[0-9a-f]{2}\"|\\[\"0a\", '0b'\\])",
+            "ip_restriction = \\[(\"10.0.0.0/8\"|\"::1\"|)\\]",
+            "access_right = \"r[0-3]\"",
+            "expires = (2027-06-30T00:00:00Z|\"never\")",
+        );
+        (required, limit_lines(), proptest::option::weighted(0.1, 0..6usize))
+            .prop_flat_map(|((a, b, c, d, e, f), limits, missing)| {
+                let mut lines = vec![a, b, c, d, e, f];
+                if let Some(i) = missing {
+                    lines.remove(i);
+                }
+                lines.extend(limits);
+                Just(lines).prop_shuffle()
+            })
+            .prop_map(|lines| format!("[[token]]\n{}", lines.join("\n")))
+    }
+
+    /// An `[access_rights.rN]` with actions, routes and limit keys.
+    fn right_table() -> impl Strategy<Value = String> {
+        let lines = (
+            proptest::option::of(Just("actions = [\"TARGETDATA\"]".to_string())),
+            proptest::option::of(Just("routes = ['GET /x'] # r".to_string())),
+            limit_lines(),
+        )
+            .prop_flat_map(|(a, r, limits)| {
+                let lines: Vec<String> = [a, r].into_iter().flatten().chain(limits).collect();
+                Just(lines).prop_shuffle()
+            });
+        (0..16u8, lines).prop_map(|(i, lines)| format!("[access_rights.r{i}]\n{}", lines.join("\n")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Whatever the scanner accepts of a token file with limits, the
+        /// general reader reads the same, and what it gives up on the
+        /// general reader may read (most files here are accepted).
+        #[test]
+        fn never_disagrees_with_the_general_reader_on_limits(
+            tables in proptest::collection::vec(prop_oneof![right_table(), token_table()], 1..6),
+        ) {
+            let text = tables.join("\n\n");
+            if let Some(fast) = scan(&text) {
+                let slow = general(&text);
+                prop_assert!(slow.is_some(), "scanner accepted what TOML rejects:\n{}", text);
+                prop_assert_eq!(norm(&fast), norm(&slow.unwrap()), "{}", text);
+            }
         }
     }
 
@@ -470,6 +620,8 @@ mod tests {
                 "ip_restriction = \\[( ?\"[0-9./:]{0,6}\" ?,?){0,3}\\]",
                 "(actions|routes) = \\[(\"[A-Z* /]{0,5}\",? ?){0,2}\\]",
                 "expires = (2027-06-30T00:00:00Z|2027-06-30|\"x\"|\"never\"|'never'|2027-06-30T00:00:00\\+01:00)",
+                RATE_LINE,
+                COUNT_LINE,
             ], 0..24),
         ) {
             let text = lines.join("\n");

@@ -34,6 +34,8 @@ pub struct RawRight<'a> {
     pub actions: Vec<SpannedText<'a>>,
     /// The `routes` array, element by element (not parsed yet).
     pub routes: Vec<SpannedText<'a>>,
+    /// `rate`, `burst` and `concurrency`, as written.
+    pub limits: RawLimits<'a>,
 }
 
 /// One `[[token]]`, before validation.
@@ -58,6 +60,60 @@ pub struct RawToken<'a> {
     /// `expires` as text: `never`, or RFC 3339 (a TOML date-time is turned
     /// back into text). Required: `None` is an error the validation words.
     pub expires: Option<SpannedText<'a>>,
+    /// Its own `rate`, `burst` and `concurrency`, as written.
+    pub limits: RawLimits<'a>,
+    /// Where the value of its last required key (in file order) begins: a
+    /// limit key written after it would be dropped without a trace by a
+    /// file cut short just before that key, so the validation refuses it.
+    pub last_required_at: usize,
+}
+
+/// The optional limit keys of an access right or a token (interface.md §4),
+/// before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawLimits<'a> {
+    /// `rate`: a string `N/s`, `N/m` or `N/h`, not parsed yet.
+    pub rate: Option<RawValue<'a>>,
+    /// `burst`: a whole number, not checked yet.
+    pub burst: Option<RawValue<'a>>,
+    /// `concurrency`: a whole number, not checked yet.
+    pub concurrency: Option<RawValue<'a>>,
+}
+
+impl RawLimits<'_> {
+    /// Whether any of the keys is written.
+    pub fn any(&self) -> bool {
+        self.rate.is_some() || self.burst.is_some() || self.concurrency.is_some()
+    }
+
+    /// The keys that are written, with their names, in this order.
+    pub fn written(&self) -> impl Iterator<Item = (&'static str, &RawValue<'_>)> {
+        [("rate", &self.rate), ("burst", &self.burst), ("concurrency", &self.concurrency)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_ref()?)))
+    }
+}
+
+/// A value whose type the validation checks (so that both readers word a
+/// mistyped one alike, without quoting it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawValue<'a> {
+    /// A string.
+    Text(SpannedText<'a>),
+    /// An integer, and its span.
+    Integer(i64, Range<usize>),
+    /// Anything else (a float, a boolean, an array...): only its span.
+    Other(Range<usize>),
+}
+
+impl RawValue<'_> {
+    /// Where the value stands in the file.
+    pub fn span(&self) -> &Range<usize> {
+        match self {
+            RawValue::Text(t) => &t.span,
+            RawValue::Integer(_, span) | RawValue::Other(span) => span,
+        }
+    }
 }
 
 /// `token_sha256` as written: a string, or an array of strings (rotation).

@@ -103,8 +103,9 @@ impl IpRestriction {
     }
 }
 
-/// One `[[token]]`, validated, packed: about 80 bytes plus its name, so a
-/// million tokens fit in about 100 MB. Read through [`TokenRef`].
+/// One `[[token]]`, validated, packed: 80 bytes plus its name, so a
+/// million tokens fit in about 100 MB (`an_entry_stays_80_bytes` holds it
+/// there). Read through [`TokenRef`].
 #[derive(Debug)]
 pub struct TokenEntry {
     /// The digest of its first secret (position 0); further ones are in
@@ -118,12 +119,15 @@ pub struct TokenEntry {
     /// cost nothing).
     state: OnceLock<Arc<TokenState>>,
     name_at: u32,
-    name_len: u32,
     restriction: u32,
     line: u32,
     /// Index in the table's `extra` of its secret at position 1.
     extra_at: u32,
     right: u16,
+    /// Its effective limits, interned in the table's `limits` (0: none).
+    limits: u16,
+    /// At most [`MAX_NAME_BYTES`]; 16 bits leave room for `limits` in 80 bytes.
+    name_len: u16,
     active: bool,
     /// How many secrets (digests) it has, 1 to [`MAX_SECRETS`].
     secrets: u8,
@@ -170,9 +174,17 @@ impl<'t> TokenRef<'t> {
     }
 
     /// Its limits: its own `rate`, `burst` and `concurrency` where it sets
-    /// them, its right's otherwise.
+    /// them, its right's otherwise. Two loads, on every granted request:
+    /// the entry's index and the interned set (a token without limits has
+    /// index 0, [`Limits::default`]).
     pub fn limits(&self) -> Limits {
-        Limits::default()
+        self.table.limits[usize::from(self.entry.limits)]
+    }
+
+    /// The index of its interned limits (0: none), for tests of the packing.
+    #[cfg(test)]
+    pub(crate) fn limits_index(&self) -> u16 {
+        self.entry.limits
     }
 
     /// Line of its `[[token]]` in the file.
@@ -231,11 +243,19 @@ impl<'t> TokenRef<'t> {
 /// in 16 bits).
 pub const MAX_RIGHTS: usize = 65_535;
 
+/// The most distinct sets of limits one table holds besides "none" (a
+/// token numbers its set in 16 bits).
+pub const MAX_LIMIT_SETS: usize = 65_535;
+
+/// Longest token name, in bytes (interface.md §4); the table stores a
+/// name's length in 16 bits.
+pub const MAX_NAME_BYTES: usize = 128;
+
 /// Marks an index slot that points into `extra` rather than `entries`.
 const EXTRA: u32 = 1 << 31;
 
 /// The whole table, immutable once built.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TokenTable {
     /// By digest: a position in `entries` (the token's first secret), or
     /// `EXTRA |` a position in `extra` (a further secret).
@@ -253,6 +273,23 @@ pub struct TokenTable {
     names: String,
     restrictions: Vec<IpRestriction>,
     rights: Vec<Arc<AccessRight>>,
+    /// Every distinct set of effective limits, `Limits::default()` first.
+    limits: Vec<Limits>,
+}
+
+impl Default for TokenTable {
+    fn default() -> Self {
+        Self {
+            index: HashTable::default(),
+            hasher: RandomState::default(),
+            entries: Vec::new(),
+            extra: Vec::new(),
+            names: String::new(),
+            restrictions: Vec::new(),
+            rights: Vec::new(),
+            limits: vec![Limits::default()],
+        }
+    }
 }
 
 impl TokenTable {
@@ -321,6 +358,7 @@ pub struct TableBuilder {
     /// Hashes names for `by_name` (seeded: names are the writer's too).
     name_hasher: RandomState,
     restriction_ids: FxHashMap<Vec<IpNet>, u32>,
+    limit_ids: FxHashMap<Limits, u16>,
 }
 
 /// One token as [`TableBuilder::insert`] takes it, validated.
@@ -329,7 +367,8 @@ pub struct TokenRow<'a> {
     /// SHA-256 of each of its secrets, newest first: 1 to [`MAX_SECRETS`],
     /// distinct.
     pub digests: &'a [TokenHash],
-    /// Its name; the builder refuses a second token with the same one.
+    /// Its name, at most [`MAX_NAME_BYTES`]; the builder refuses a second
+    /// token with the same one.
     pub name: &'a str,
     /// `false`: refused with TOKEN_INACTIVE.
     pub active: bool,
@@ -339,6 +378,8 @@ pub struct TokenRow<'a> {
     pub right: u16,
     /// Its IP restriction, as [`TableBuilder::restriction`] numbered it.
     pub restriction: u32,
+    /// Its effective limits, as [`TableBuilder::limits`] numbered them.
+    pub limits: u16,
     /// Line of its `[[token]]`.
     pub line: u32,
 }
@@ -387,10 +428,27 @@ impl TableBuilder {
         id
     }
 
+    /// Interns a token's effective limits; identical sets share one, and
+    /// no limits at all is 0. `None` past [`MAX_LIMIT_SETS`] distinct sets.
+    pub fn limits(&mut self, limits: Limits) -> Option<u16> {
+        if limits == Limits::default() {
+            return Some(0);
+        }
+        if let Some(&id) = self.limit_ids.get(&limits) {
+            return Some(id);
+        }
+        let id = u16::try_from(self.table.limits.len()).ok()?;
+        self.table.limits.push(limits);
+        self.limit_ids.insert(limits, id);
+        Some(id)
+    }
+
     /// Adds a token. On a duplicate the table is unchanged.
     pub fn insert(&mut self, t: TokenRow<'_>) -> Result<(), Duplicate> {
-        let TokenTable { index, hasher, entries, extra, names, .. } = &mut self.table;
+        let TokenTable { index, hasher, entries, extra, names, limits, .. } = &mut self.table;
         assert!((1..=MAX_SECRETS).contains(&t.digests.len()), "a token has 1 to {MAX_SECRETS} digests");
+        assert!(t.name.len() <= MAX_NAME_BYTES, "a token name has at most {MAX_NAME_BYTES} bytes");
+        assert!(usize::from(t.limits) < limits.len(), "limits numbered by TableBuilder::limits");
         let name_hash = self.name_hasher.hash_one(t.name);
         let same_name = self.by_name.find(name_hash, |&i| name_of(names, &entries[i as usize]) == t.name);
         let same_digest = t.digests.iter().enumerate().find_map(|(k, d)| {
@@ -420,11 +478,12 @@ impl TableBuilder {
             expires_ms,
             state: OnceLock::new(),
             name_at,
-            name_len: t.name.len() as u32,
+            name_len: t.name.len() as u16,
             restriction: t.restriction,
             line: t.line,
             extra_at,
             right: t.right,
+            limits: t.limits,
             active: t.active,
             secrets: t.digests.len() as u8,
         });
@@ -467,6 +526,43 @@ mod tests {
         assert!(!format!("{h:?}").contains(&h.to_hex()));
         assert_eq!(format!("{:?}", Token(b"secret")), "Token(<redacted>)");
         assert_eq!(h.to_hex(), "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b");
+    }
+
+    #[test]
+    fn an_entry_stays_80_bytes() {
+        // A million tokens: 80 MB of entries; limits cost 2 bytes of each,
+        // taken from the name's length (names are at most 128 bytes).
+        assert_eq!(std::mem::size_of::<TokenEntry>(), 80);
+    }
+
+    #[test]
+    fn limits_are_interned_and_none_is_zero() {
+        let mut b = TableBuilder::default();
+        let rate = crate::quota::Rate::parse("10/s");
+        let l = Limits { rate, ..Limits::default() };
+        assert_eq!(b.limits(Limits::default()), Some(0));
+        assert_eq!(b.limits(l), Some(1));
+        assert_eq!(b.limits(Limits { concurrency: Some(2), ..l }), Some(2));
+        assert_eq!(b.limits(l), Some(1));
+        for n in 3..=MAX_LIMIT_SETS as u32 {
+            assert!(b.limits(Limits { concurrency: Some(n), ..Limits::default() }).is_some());
+        }
+        assert_eq!(b.limits(Limits { concurrency: Some(1), ..Limits::default() }), None, "past the 16-bit index");
+        let digest = [TokenHash([7; 32])];
+        let row = TokenRow {
+            digests: &digest,
+            name: "a",
+            active: true,
+            expires: None,
+            right: 0,
+            restriction: 0,
+            limits: 2,
+            line: 1,
+        };
+        b.insert(row).unwrap();
+        let t = b.finish();
+        let e = t.get(&digest[0]).unwrap();
+        assert_eq!((e.limits().rate, e.limits().concurrency), (rate, Some(2)));
     }
 
     #[test]

@@ -539,3 +539,116 @@ fn token_rotate_refuses_what_it_cannot_do_and_changes_nothing() {
         multi.replace(&format!("token_sha256 = [\n  \"{}\", # the first\n]", sha256_hex(RO)), &want)
     );
 }
+
+/// Rights with and without limits, and tokens that add their own.
+fn limited_tokens() -> String {
+    let token = |name: &str, secret: &str, right: &str, own: &str| {
+        format!(
+            "[[token]]\nname = \"{name}\"\nactive = true\ntoken_sha256 = \"{}\"\nip_restriction = []\n\
+             access_right = \"{right}\"\n{own}expires = \"never\"\n\n",
+            sha256_hex(secret)
+        )
+    };
+    "[access_rights.limited]\nactions = [\"TARGETDATA\"]\nrate = \"10/s\"\nburst = 20\nconcurrency = 4\n\n\
+     [access_rights.read-only]\nactions = [\"TARGETDATA\"]\n\n"
+        .to_string()
+        + &token("by-right", RO, "limited", "")
+        + &token("own-rate", ADMIN, "limited", "rate = \"1/m\"\n")
+        + &token("free", INACTIVE, "read-only", "")
+        + &token("in-flight", EXPIRED, "read-only", "concurrency = 2\n")
+}
+
+/// `token list`'s LIMITS column of each row, by name.
+fn limits_column(out: &str) -> Vec<(String, String)> {
+    let header = out.lines().next().unwrap();
+    let (at, end) = (header.find("LIMITS").unwrap(), header.find("IP RESTRICTION").unwrap());
+    out.lines()
+        .skip(1)
+        .map(|l| {
+            let name = l.split_whitespace().next().unwrap().to_string();
+            (name, l[at..end].trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn token_list_shows_each_tokens_effective_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), GATEWAY, &limited_tokens());
+    let (code, out, err) = run_cli(&["token", "list", "-c", &cfg], None);
+    assert_eq!(code, 0, "{err}");
+    let want = [
+        ("by-right", "rate=10/s,burst=20,concurrency=4"),
+        ("own-rate", "rate=1/m,burst=20,concurrency=4"),
+        ("free", "-"),
+        ("in-flight", "concurrency=2"),
+    ];
+    let got = limits_column(&out);
+    assert_eq!(got, want.map(|(n, l)| (n.to_string(), l.to_string())), "{out}");
+    let (code, out, err) = run_cli(&["check", "-c", &cfg], None);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn token_new_writes_the_limits_it_is_given_above_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), GATEWAY, &limited_tokens());
+    let path = dir.path().join("tokens.toml");
+    let new = |extra: &[&str]| {
+        let mut args = vec!["token", "new", "-c", &cfg, "--access-right", "read-only"];
+        args.extend(extra);
+        run_cli(&args, None)
+    };
+    let (code, out, err) = new(&["--name", "export", "--rate", "5/m", "--burst", "2", "--concurrency", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim().len(), 64);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let entry = &text[text.find("name = \"export\"").unwrap()..];
+    assert!(
+        entry.contains(
+            "access_right = \"read-only\"\nrate = \"5/m\"\nburst = 2\nconcurrency = 3\nexpires = \"never\"\n"
+        ),
+        "{entry}"
+    );
+    // A burst alone rests on the right's rate.
+    let (code, _, err) = new(&["--name", "bursty", "--burst", "7"]);
+    assert_eq!(code, 1, "a burst without any rate was written: {err}");
+    assert!(err.contains("`burst` of token `bursty` needs a `rate`") && err.contains("nothing was changed"), "{err}");
+    let (code, _, err) =
+        run_cli(&["token", "new", "-c", &cfg, "--access-right", "limited", "--name", "bursty", "--burst", "7"], None);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run_cli(&["token", "list", "-c", &cfg], None);
+    assert_eq!(code, 0, "{err}");
+    let got = limits_column(&out);
+    assert!(got.contains(&("export".into(), "rate=5/m,burst=2,concurrency=3".into())), "{out}");
+    assert!(got.contains(&("bursty".into(), "rate=10/s,burst=7,concurrency=4".into())), "{out}");
+}
+
+#[test]
+fn token_new_refuses_a_bad_limit_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), GATEWAY, &limited_tokens());
+    let before = std::fs::read_to_string(dir.path().join("tokens.toml")).unwrap();
+    for (flag, value, why) in [
+        ("--rate", "10/d", "`rate` must be a string N/s, N/m or N/h"),
+        (
+            "--rate",
+            "0/s",
+            "`rate` must be a string N/s, N/m or N/h (requests per second, minute or hour), N a whole \
+                           number from 1 to 1000000",
+        ),
+        ("--rate", "1000001/s", "`rate` must be"),
+        ("--rate", "10 /s", "`rate` must be"),
+        ("--burst", "0", "`burst` must be a whole number from 1 to 1000000"),
+        ("--burst", "many", "`burst` must be a whole number"),
+        ("--concurrency", "1000001", "`concurrency` must be a whole number from 1 to 1000000"),
+        ("--concurrency", "-2", "`concurrency` must be a whole number"),
+    ] {
+        let (code, out, err) =
+            run_cli(&["token", "new", "-c", &cfg, "--name", "x", "--access-right", "limited", flag, value], None);
+        assert_eq!(code, 1, "{flag} {value}: {err}");
+        assert!(out.is_empty(), "a token was printed although none was added: {out}");
+        assert!(err.contains(&format!("{flag} {value:?}: {why}")), "{flag} {value}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.path().join("tokens.toml")).unwrap(), before);
+}
