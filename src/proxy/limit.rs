@@ -61,7 +61,9 @@ pub struct SharedStore {
 }
 
 /// GCRA in one script. KEYS[1]: the token's key. ARGV[1]: the emission
-/// interval in microseconds; ARGV[2]: the burst. Returns {1, 0} when the
+/// interval in microseconds; ARGV[2]: the burst. As `quota::Bucket::take`
+/// does, an arrival time more than one bucket ahead (the limits changed)
+/// is read, and kept, as one bucket ahead. Returns {1, 0} when the
 /// request fits, {0, microseconds until one more fits} when not.
 const GCRA: &str = r"
 local t = tonumber(ARGV[1])
@@ -70,9 +72,17 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
+local clamped = false
+if tat > now + tolerance then
+  tat = now + tolerance
+  clamped = true
+end
 local nxt = tat + t
 local ahead = nxt - now
 if ahead > tolerance then
+  if clamped then
+    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  end
   return {0, ahead - tolerance}
 end
 redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.ceil(ahead / 1000) + 1000)

@@ -94,7 +94,9 @@ fn over_its_concurrency_a_token_gets_429_too_many_in_flight_until_an_answer_is_o
             })
         })
         .collect();
-    // Once both are in flight, a third is refused at once.
+    // Once both are in flight (the upstream has them), a third is refused
+    // at once.
+    poll(Duration::from_secs(5), || (up.count() == 2).then_some(())).expect("the two slow requests never arrived");
     let refused = poll(Duration::from_secs(5), || {
         let started = Instant::now();
         let r = get(&gw, LIMITED);
@@ -234,4 +236,30 @@ fn a_redis_that_never_answers_holds_no_request_past_the_deadline() {
     }
     assert!(started.elapsed() < Duration::from_secs(3), "requests waited for a silent Redis");
     drop(hold);
+}
+
+#[test]
+fn in_redis_too_a_changed_rate_applies_from_the_next_request_without_a_refill() {
+    let redis = Redis::start();
+    let up = MockUpstream::start();
+    let gw = shared(&up, &redis, "rate = \"2/m\"", "deny");
+    until_connected(&gw, &redis);
+    let _ = get(&gw, LIMITED);
+    assert_eq!(get(&gw, LIMITED).status, 429, "the bucket of 2 is dry");
+    let reloads = metric(&gw, "tokengate_reloads_total{outcome=\"success\"}");
+    let path = gw.path("tokens.toml");
+    let tmp = gw.path("tokens.toml.new");
+    std::fs::write(&tmp, tokens("rate = \"2/m\"", "rate = \"20/s\"")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    poll(Duration::from_secs(5), || {
+        (metric(&gw, "tokengate_reloads_total{outcome=\"success\"}") > reloads).then_some(())
+    })
+    .expect("the edit was not reloaded");
+    // Still dry at once (no refill of 20), but one more fits within the new
+    // rate's interval, not after the old minute.
+    let started = Instant::now();
+    let ok = poll(Duration::from_secs(5), || (get(&gw, LIMITED).status == 200).then_some(()));
+    assert!(ok.is_some() && started.elapsed() < Duration::from_secs(3), "the new rate did not apply");
+    let burst = (0..40).filter(|_| get(&gw, LIMITED).status == 200).count();
+    assert!(burst <= 21, "{burst} at once: the reload refilled the bucket");
 }
