@@ -1,11 +1,13 @@
 //! The access log: one `tracing` event per request on target
 //! `tokengate::access`, with a fixed set of fields, emitted when the answer
 //! has been sent (so `bytes` is what went out, also for a streamed
-//! download). Never the token: only its name; the path without its query.
+//! download). Never the token: only its name; the path without its query
+//! (and cut where it names APPTOKEN).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -15,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::denial::GatewayError;
 use crate::net::IpText;
+use crate::percent::Spelled;
 use crate::quota::InFlightGuard;
 
 /// The target of access events, for `TOKENGATE_LOG` filters.
@@ -84,7 +87,7 @@ impl AccessRecord {
             client = IpText::new(self.client).as_str(),
             token = self.token.as_deref().unwrap_or("-"),
             method = self.method.as_str(),
-            path = self.uri.path(),
+            path = path_for_log(self.uri.path()).as_ref(),
             action = self.action.as_deref().unwrap_or("-"),
             decision = self.decision(),
             reason = self.reason(),
@@ -106,6 +109,27 @@ impl AccessRecord {
         }
         action.iter().map(|&b| if shown(b) { char::from(b) } else { '?' }).collect()
     }
+}
+
+/// The request's path for the log: as it came, unless a segment names
+/// APPTOKEN in some spelling (a client that wrote `&` for `?`, a path
+/// parameter `;APPTOKEN=`, `%3F`): then the path is cut before that segment,
+/// which may hold the token.
+pub fn path_for_log(path: &str) -> Cow<'_, str> {
+    static NAME: OnceLock<Option<Spelled>> = OnceLock::new();
+    // Every spelling of APPTOKEN holds a `t`, a `T` or a `%`.
+    if memchr::memchr3(b't', b'T', b'%', path.as_bytes()).is_none() {
+        return Cow::Borrowed(path);
+    }
+    let Some(name) = NAME.get_or_init(|| Spelled::new(b"apptoken")) else { return Cow::Borrowed(path) };
+    let mut start = 0;
+    for segment in path.split('/') {
+        if name.is_in(segment.as_bytes()) {
+            return Cow::Owned(format!("{}[REDACTED]", &path[..start]));
+        }
+        start += segment.len() + 1;
+    }
+    Cow::Borrowed(path)
 }
 
 pin_project_lite::pin_project! {
@@ -164,5 +188,20 @@ impl<B: Body> Body for Logged<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_that_names_apptoken_is_cut_before_it() {
+        assert_eq!(path_for_log("/opi/XMLAPI"), "/opi/XMLAPI");
+        assert_eq!(path_for_log("/opi/rest/outscan/targets"), "/opi/rest/outscan/targets");
+        for p in ["/opi/XMLAPI&APPTOKEN=SECRET", "/opi/XMLAPI%3FapPtoken=SECRET", "/opi/XMLAPI;%41PPTOKEN=SECRET"] {
+            assert_eq!(path_for_log(p), "/opi/[REDACTED]", "{p}");
+        }
+        assert_eq!(path_for_log("/opi/rest/x/apptoken/SECRET"), "/opi/rest/x/[REDACTED]");
     }
 }

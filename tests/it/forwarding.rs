@@ -210,6 +210,14 @@ fn tokens_never_appear_in_logs() {
     gw.post_form("/opi/XMLAPI", &format!("APPTOKEN={ADMIN}&ACTION=X"));
     gw.get(&format!("/opi/XMLAPI?APPTOKEN={RO}&APPTOKEN={ADMIN}"));
     gw.wait_log("the fourth access line", |l| l.contains("AMBIGUOUS_REQUEST"));
+    // A client that wrote `&` for `?`, or `%3F`: the token is in the path.
+    gw.get(&format!("/opi/XMLAPI&APPTOKEN={RO}&ACTION=TARGETDATA"));
+    gw.get(&format!("/opi/XMLAPI%3FAPPTOKEN={ADMIN}"));
+    gw.wait_log("the path's access lines", |l| l.matches("[REDACTED]").count() == 1 && l.contains("TOKEN_MISSING"));
+    poll(Duration::from_secs(5), || {
+        (gw.log().iter().filter(|l| l.contains("path=/opi/[REDACTED]")).count() >= 2).then_some(())
+    })
+    .expect("two access lines with the path cut");
     let log = gw.log().join("\n");
     for secret in [RO, ADMIN, UNKNOWN, UPSTREAM_TOKEN] {
         assert!(!log.contains(secret), "a token is in the log:\n{log}");
