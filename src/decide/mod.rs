@@ -161,6 +161,10 @@ pub fn decide<'t, 'i, 'r>(
         BodyCheck::TooLarge => return Err(deny(Denial::BodyTooLarge)),
         BodyCheck::Refused(why) => return Err(deny(Denial::AmbiguousRequest(why))),
     }
+    if params.method_override {
+        // The method a framework behind the scanner might run instead.
+        return Err(deny(Denial::AmbiguousRequest("A _method parameter (a method override) is not accepted")));
+    }
     let path = asked.path.as_ref().map_err(|NotCanonical(why)| deny(Denial::AmbiguousRequest(why)))?;
     let grant = Grant { token: entry, path, client, apptoken };
     let action_allowed = || match &params.action {
@@ -367,6 +371,17 @@ expires = "never"
             (Case { path: "/opi/rest/outscan/../admin/x", ..case("APPTOKEN=RO") }, Err(RouteNotAllowed)),
             (Case { path: "/opi/rest/admin", method: Method::DELETE, ..case("APPTOKEN=AD") }, Ok("admin".into())),
             (Case { path: "/opi/rest/outscan/x", ..case("APPTOKEN=PR") }, Err(RouteNotAllowed)),
+            // Row 5: a method override in a parameter.
+            (
+                Case { path: "/opi/rest/outscan/x", ..case("APPTOKEN=RO&_method=DELETE") },
+                amb("A _method parameter (a method override) is not accepted"),
+            ),
+            (
+                Case { body: "_METHOD=PUT", ..case("APPTOKEN=AD&ACTION=TARGETDATA") },
+                amb("A _method parameter (a method override) is not accepted"),
+            ),
+            (case("APPTOKEN=AD&%5Fmethod=DELETE"), amb("A _method parameter (a method override) is not accepted")),
+            (case("APPTOKEN=AD&_methods=DELETE"), Ok("admin".into())),
             // Row 5: credential-minting calls, never covered by a wildcard
             // (§4), allowed to a right that names them.
             (case("APPTOKEN=AD&ACTION=GETRESTTOKEN"), Err(ActionNotAllowed)),

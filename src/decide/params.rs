@@ -45,6 +45,9 @@ pub struct Params<'a> {
     pub action: ParamValue<'a>,
     /// `JSON=1` was given: refusals are shaped as JSON.
     pub json: bool,
+    /// A `_method` parameter (any letter case) was given: the method
+    /// override of Spring's `HiddenHttpMethodFilter` and of others like it.
+    pub method_override: bool,
 }
 
 /// A parameter whose name (or APPTOKEN/ACTION value) has a broken escape.
@@ -60,6 +63,8 @@ pub enum Name {
     Action,
     /// `JSON` in any letter case.
     Json,
+    /// `_method` in any letter case.
+    MethodOverride,
     /// Anything else.
     Other,
 }
@@ -73,6 +78,7 @@ impl<'a> Params<'a> {
                 Name::AppToken => self.apptoken.add(decode(raw_value)?),
                 Name::Action => self.action.add(decode(raw_value)?),
                 Name::Json => self.json |= raw_value == b"1",
+                Name::MethodOverride => self.method_override = true,
                 Name::Other => {}
             }
         }
@@ -142,6 +148,7 @@ pub fn classify(raw: &[u8]) -> Result<Name, Malformed> {
             8 if raw.eq_ignore_ascii_case(b"apptoken") => Name::AppToken,
             6 if raw.eq_ignore_ascii_case(b"action") => Name::Action,
             4 if raw.eq_ignore_ascii_case(b"json") => Name::Json,
+            7 if raw.eq_ignore_ascii_case(b"_method") => Name::MethodOverride,
             _ => Name::Other,
         });
     }
@@ -167,6 +174,7 @@ fn name_of(lower: &[u8], len: usize) -> Name {
         (8, b"apptoken") => Name::AppToken,
         (6, b"action") => Name::Action,
         (4, b"json") => Name::Json,
+        (7, b"_method") => Name::MethodOverride,
         _ => Name::Other,
     }
 }
@@ -483,6 +491,7 @@ mod tests {
                         b"apptoken" => Name::AppToken,
                         b"action" => Name::Action,
                         b"json" => Name::Json,
+                        b"_method" => Name::MethodOverride,
                         _ => Name::Other,
                     };
                     prop_assert_eq!(kind, want);
@@ -493,7 +502,7 @@ mod tests {
 
         #[test]
         fn classify_finds_every_spelling_of_the_names(
-            word in proptest::sample::select(vec!["apptoken", "action", "json", "apptokens", "actio", "jso"]),
+            word in proptest::sample::select(vec!["apptoken", "action", "json", "_method", "apptokens", "actio", "jso", "_methods"]),
             how in proptest::collection::vec(0u8..3, 9),
         ) {
             // Each letter as is, upper case, or percent-encoded.
@@ -510,6 +519,7 @@ mod tests {
                 "apptoken" => Name::AppToken,
                 "action" => Name::Action,
                 "json" => Name::Json,
+                "_method" => Name::MethodOverride,
                 _ => Name::Other,
             };
             prop_assert_eq!(classify(raw.as_bytes()), Ok(want), "{}", raw);

@@ -95,6 +95,9 @@ fn a_read_only_token_cannot_run_another_method_by_override() {
         let r = gw.send("GET", &format!("/opi/rest/outscan/targets?APPTOKEN={RO}"), &[(name, "DELETE")], b"");
         ambiguous(&r);
     }
+    // The same as a parameter (Spring's HiddenHttpMethodFilter reads `_method`).
+    ambiguous(&gw.get(&format!("/opi/rest/outscan/targets?APPTOKEN={RO}&_method=DELETE")));
+    ambiguous(&gw.post_form(&format!("/opi/XMLAPI?APPTOKEN={RO}"), "ACTION=TARGETDATA&_Method=DELETE"));
     assert_eq!(up.count(), 0);
     assert_eq!(gw.get(&format!("/opi/rest/outscan/targets?APPTOKEN={RO}")).status, 200);
 }
