@@ -183,8 +183,8 @@ impl Inspector {
 ///   rows 1 to 4 of §5 admit from this client (the common clients put
 ///   APPTOKEN in the query and ACTION in the form); one token takes at most
 ///   an eighth of it (so a leaked token cannot starve the others);
-/// - the **shared** room, for everyone else; one client address takes at
-///   most an eighth of it.
+/// - the **shared** room, for everyone else; one client address (an IPv6
+///   one's whole /64) takes at most an eighth of it.
 ///
 /// Shares are kept in a fixed table of counters indexed by a keyed hash of
 /// the token or the address (two that share a counter share a cap: rare,
@@ -202,6 +202,16 @@ impl Inspector {
 pub struct InspectBudget {
     inner: Arc<Budget>,
     wait: Duration,
+}
+
+/// Whose share of the shared room a client address counts against: an
+/// IPv4 address, or an IPv6 address's /64 (one host usually has a whole
+/// /64 to pick addresses from, so per address it could take every share).
+fn share_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+    }
 }
 
 /// Which room a body is read in, and whose share it counts against.
@@ -301,7 +311,7 @@ impl InspectBudget {
         let kib = bytes.div_ceil(1024).max(1);
         let (room, slot) = match account {
             Account::Token(state) => (KNOWN, self.slot(Arc::as_ptr(state) as usize)),
-            Account::Client(ip) => (SHARED, self.slot(ip)),
+            Account::Client(ip) => (SHARED, self.slot(share_key(*ip))),
         };
         let permit = || BudgetPermit { budget: self.inner.clone(), room, slot, kib };
         if self.inner.try_take(room, slot, kib) {
@@ -342,6 +352,23 @@ mod tests {
 
     fn free(budget: &InspectBudget, room: usize) -> u64 {
         budget.inner.rooms[room].free_kib.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn an_ipv6_host_shares_one_share_across_its_64() {
+        runtime().block_on(async {
+            let budget = InspectBudget::new(64 * 1024, Duration::from_millis(50));
+            let mut held = Vec::new();
+            for i in 0..16u16 {
+                let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, i, 0, 0, 1));
+                if let Some(p) = budget.reserve(&Account::Client(ip), Some(1024), 8 * 1024).await {
+                    held.push(p);
+                }
+            }
+            assert_eq!(held.len(), 4, "the /64 took more than one address's share");
+            let elsewhere = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 8, 0, 0, 0, 1));
+            assert!(budget.reserve(&Account::Client(elsewhere), Some(1024), 8 * 1024).await.is_some());
+        });
     }
 
     #[test]
