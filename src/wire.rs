@@ -3,9 +3,9 @@
 //! `Content-Length` beside `Transfer-Encoding` (hyper drops the length and
 //! follows the chunked framing). interface.md §5 refuses both before any
 //! decision, so the connection's bytes are watched on their way into hyper
-//! by [`HeadWatch`], which notes these two facts of each request head and
-//! hands the notes, in request order, to the service ([`attach_note`]);
-//! `proxy::framing` refuses a request whose note says so.
+//! by [`HeadWatch`], which counts the request heads and marks the first
+//! that says either (its [`HeadNote`]); [`attach_note`] hands the note to
+//! that request and `proxy::framing` refuses it, closing the connection.
 //!
 //! The watch reads each head as httparse (the parser hyper uses) does, but
 //! only for the request line and the two framing headers, in place where
@@ -13,53 +13,97 @@
 //! 2,500 instructions, a copy and a parse too many; this costs a few
 //! hundred), and follows the body's framing by hyper's rules (chunked when
 //! the last coding is `chunked`, else `Content-Length`, else none) to find
-//! the next head. A proptest pins it to httparse. It only reads: the bytes go to hyper
-//! unchanged. Should it ever lose the framing (a head or chunk it cannot
-//! parse: hyper then refuses the connection anyway), it stops watching and
-//! the connection's later requests carry no note: they are taken as hyper
-//! parsed them, which is what the gateway decides on and forwards in any
-//! case (no fragment reaches the upstream; no length beside chunked
-//! framing is sent on). An HTTP/2 connection is not watched: its framing is
-//! the h2 crate's, and `proxy::framing` checks what can be checked there.
+//! the next head. A proptest pins it to httparse, and unit tests to
+//! hyper's chunked decoder where the two differ. It only reads: the bytes go to hyper unchanged.
+//!
+//! It fails closed. Once it has marked a head it stops watching, and every
+//! later request of the connection is refused as [`HeadNote::Unwatched`]
+//! (the refusal closes the connection in any case). Should it lose the
+//! framing (a head or chunk line it cannot read or that is longer than
+//! hyper would take, a chunk size it cannot parse: hyper then refuses the
+//! connection itself), every request from there on is refused the same
+//! way: no request is taken on a connection whose heads were not seen. Only
+//! a connection that opens with the HTTP/2 preface is not watched: its
+//! framing is the h2 crate's, and `proxy::framing` checks what can be
+//! checked there.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// What one HTTP/1 request head held that hyper does not pass on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HeadNote {
+/// Why an HTTP/1 request is refused for what its connection's bytes held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadNote {
     /// The request target had a `#` fragment.
-    pub fragment: bool,
+    Fragment,
     /// The head had both `Content-Length` and `Transfer-Encoding`.
-    pub length_and_chunked: bool,
+    LengthAndChunked,
+    /// The watch could not follow the connection's framing up to this
+    /// head, or stopped after an earlier head it marked.
+    Unwatched,
 }
 
-/// The notes of one connection, oldest first, shared by its watch and its
-/// service (which run in the connection's own task: never contended).
-pub type Notes = Arc<ArrayQueue<HeadNote>>;
+impl HeadNote {
+    fn bits(self) -> u64 {
+        match self {
+            HeadNote::Fragment => 0,
+            HeadNote::LengthAndChunked => 1,
+            HeadNote::Unwatched => 2,
+        }
+    }
 
-/// Notes waiting at once; pipelined heads beyond this many stop the watch.
-const NOTES: usize = 64;
+    fn from_bits(bits: u64) -> Self {
+        match bits {
+            0 => HeadNote::Fragment,
+            1 => HeadNote::LengthAndChunked,
+            _ => HeadNote::Unwatched,
+        }
+    }
+}
 
-/// The longest head the watch buffers (hyper refuses a longer one).
-const MAX_HEAD: usize = 64 * 1024;
+/// What one connection's watch and its service share: the index of the
+/// first marked head with its note, and how many requests the service has
+/// taken. Both run in the connection's own task, one after the other
+/// (hyper reads a head's bytes before it calls the service for it).
+#[derive(Debug)]
+pub struct Marks {
+    /// `index << 2 | note`, or [`Marks::NONE`].
+    first: AtomicU64,
+    /// HTTP/1 requests taken so far.
+    taken: AtomicU64,
+}
 
-/// A new, empty queue of notes for one connection.
+impl Marks {
+    const NONE: u64 = u64::MAX;
+
+    /// Marks head `index` (counted from 0), unless an earlier one is.
+    fn mark(&self, index: u64, note: HeadNote) {
+        let _ = self.first.fetch_min(index << 2 | note.bits(), Ordering::Release);
+    }
+}
+
+/// The marks of one connection.
+pub type Notes = Arc<Marks>;
+
+/// A new connection's marks: none yet.
 pub fn notes() -> Notes {
-    Arc::new(ArrayQueue::new(NOTES))
+    Arc::new(Marks { first: AtomicU64::new(Marks::NONE), taken: AtomicU64::new(0) })
 }
 
-/// Takes the next note for an HTTP/1 request into its extensions.
+/// Gives an HTTP/1 request its note, if its head or an earlier one was
+/// marked, into its extensions.
 pub fn attach_note<B>(notes: &Notes, req: &mut http::Request<B>) {
     if req.version() < http::Version::HTTP_2 {
-        // Every request takes its note, in order; only one that says
-        // something is stored (an extension costs an allocation).
-        if let Some(note) = notes.pop().filter(|n| *n != HeadNote::default()) {
+        // Every request takes its index, in order (one at a time: HTTP/1).
+        let index = notes.taken.load(Ordering::Relaxed);
+        notes.taken.store(index + 1, Ordering::Relaxed);
+        let first = notes.first.load(Ordering::Acquire);
+        if first != Marks::NONE && index >= first >> 2 {
+            let note = if index == first >> 2 { HeadNote::from_bits(first & 3) } else { HeadNote::Unwatched };
             req.extensions_mut().insert(note);
         }
     }
@@ -77,8 +121,11 @@ struct HeadFacts {
     chunked: Option<bool>,
     /// The `Content-Length`, if any.
     length: Option<u64>,
-    /// A `Content-Length` that is not a number (hyper refuses it).
+    /// A `Content-Length` that is not a number (hyper refuses it unless a
+    /// `Transfer-Encoding` came before it).
     unframed: bool,
+    /// Any `Content-Length` at all, read or not.
+    any_length: bool,
 }
 
 /// Looks at `bytes` for one complete request head: its length and facts,
@@ -109,7 +156,10 @@ fn scan_head(bytes: &[u8]) -> Option<(usize, HeadFacts)> {
                 facts.http2 = true;
                 return Some((nl + 1, facts));
             }
-            facts.fragment = memchr::memchr(b'#', line).is_some();
+            // The target runs from the first space to the next (httparse
+            // takes one space each side; a method may hold a `#`).
+            let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+            facts.fragment = memchr::memchr(b'#', target).is_some();
             continue;
         }
         let header = |name: &[u8]| {
@@ -117,6 +167,7 @@ fn scan_head(bytes: &[u8]) -> Option<(usize, HeadFacts)> {
         };
         match line[0] {
             b'c' | b'C' if header(b"content-length") => {
+                facts.any_length = true;
                 let v = line[15..].trim_ascii();
                 match std::str::from_utf8(v).ok().and_then(|v| v.parse::<u64>().ok()) {
                     Some(n) if v.iter().all(u8::is_ascii_digit) => facts.length = Some(n),
@@ -158,17 +209,31 @@ pub struct HeadWatch<T> {
     inner: T,
     state: State,
     notes: Notes,
+    /// Heads seen whole so far: the index of the next one.
+    heads: u64,
+    /// The longest line run the watch gathers: a head (or chunk line, or
+    /// trailer line) longer than this is one hyper refuses.
+    max_head: usize,
 }
 
 impl<T> HeadWatch<T> {
-    /// Watches `inner`'s incoming bytes, noting into `notes`.
-    pub fn new(inner: T, notes: Notes) -> Self {
-        Self { inner, state: State::Head(Vec::new()), notes }
+    /// Watches `inner`'s incoming bytes, marking into `notes`; `max_head`
+    /// is the longest head hyper is set to take (`limits.max_header_bytes`,
+    /// its read buffer).
+    pub fn new(inner: T, notes: Notes, max_head: usize) -> Self {
+        Self { inner, state: State::Head(Vec::new()), notes, heads: 0, max_head }
+    }
+
+    /// Stops watching: this head and every later one are refused.
+    fn lose(&mut self) {
+        self.notes.mark(self.heads, HeadNote::Unwatched);
+        self.state = State::Off;
     }
 
     /// Follows `bytes`, the next ones read from the connection.
     fn watch(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
+            let in_trailers = matches!(self.state, State::Trailers(_));
             let used = match &mut self.state {
                 State::Off => return,
                 State::Head(buf) if buf.is_empty() => match scan_head(bytes) {
@@ -218,8 +283,13 @@ impl<T> HeadWatch<T> {
                         }
                         Some(i) => {
                             line.extend_from_slice(&bytes[..=i]);
-                            let line = std::mem::take(line);
-                            self.after_line(&line);
+                            // hyper ends a trailer line at CRLF only: a bare
+                            // LF is part of it.
+                            let whole = !in_trailers || line.ends_with(b"\r\n");
+                            if whole {
+                                let line = std::mem::take(line);
+                                self.after_line(&line);
+                            }
                             i + 1
                         }
                     }
@@ -228,45 +298,97 @@ impl<T> HeadWatch<T> {
             bytes = &bytes[used..];
             if let State::Head(buf) | State::ChunkSize(buf) | State::ChunkEnd(buf) | State::Trailers(buf) = &self.state
             {
-                if buf.len() > MAX_HEAD {
-                    self.state = State::Off;
+                if buf.len() > self.max_head {
+                    self.lose();
                 }
             }
         }
     }
 
-    /// Notes a complete head and moves on to its body.
+    /// Marks a complete head if it says something, and moves on to its body.
     fn after_head(&mut self, facts: HeadFacts) {
-        let note = HeadNote {
-            fragment: facts.fragment,
-            length_and_chunked: facts.chunked.is_some() && facts.length.is_some(),
+        if facts.http2 {
+            // The preface opens an HTTP/2 connection; anywhere else hyper
+            // refuses it, and nothing after it is taken.
+            if self.heads == 0 {
+                self.state = State::Off;
+            } else {
+                self.lose();
+            }
+            return;
+        }
+        let note = if facts.fragment {
+            Some(HeadNote::Fragment)
+        } else if facts.chunked.is_some() && facts.any_length {
+            Some(HeadNote::LengthAndChunked)
+        } else {
+            None
         };
-        self.state = match (facts.chunked, facts.length) {
-            _ if facts.http2 || facts.unframed => State::Off,
-            (Some(true), _) => State::ChunkSize(Vec::new()),
-            // hyper refuses a body it cannot frame, and closes.
-            (Some(false), _) => State::Off,
-            (None, Some(0) | None) => State::Head(Vec::new()),
-            (None, Some(n)) => State::Body(n),
-        };
-        if !facts.http2 && self.notes.push(note).is_err() {
-            self.state = State::Off;
+        if let Some(note) = note {
+            // Refused, and the connection with it: nothing later is taken.
+            self.notes.mark(self.heads, note);
+            self.heads += 1;
+            self.lose();
+            return;
+        }
+        self.heads += 1;
+        match (facts.chunked, facts.length) {
+            // hyper refuses a head whose body it cannot frame, and closes.
+            _ if facts.unframed => self.lose(),
+            (Some(false), _) => self.lose(),
+            (Some(true), _) => self.state = State::ChunkSize(Vec::new()),
+            (None, Some(0) | None) => self.state = State::Head(Vec::new()),
+            (None, Some(n)) => self.state = State::Body(n),
         }
     }
 
-    /// A whole line of a chunked body.
+    /// A whole line of a chunked body, read as hyper's decoder reads it:
+    /// every line ends in CRLF.
     fn after_line(&mut self, line: &[u8]) {
-        self.state = match std::mem::replace(&mut self.state, State::Off) {
-            State::ChunkSize(_) => match httparse::parse_chunk_size(line) {
-                Ok(httparse::Status::Complete((_, 0))) => State::Trailers(Vec::new()),
-                Ok(httparse::Status::Complete((_, n))) => State::ChunkData(n),
-                _ => State::Off,
+        let next = match std::mem::replace(&mut self.state, State::Off) {
+            State::ChunkSize(_) => match chunk_size(line) {
+                Some(0) => Some(State::Trailers(Vec::new())),
+                Some(n) => Some(State::ChunkData(n)),
+                None => None,
             },
-            State::ChunkEnd(_) if line == b"\r\n" || line == b"\n" => State::ChunkSize(Vec::new()),
-            State::Trailers(_) if line == b"\r\n" || line == b"\n" => State::Head(Vec::new()),
-            State::Trailers(_) => State::Trailers(Vec::new()),
-            _ => State::Off,
+            State::ChunkEnd(_) if line == b"\r\n" => Some(State::ChunkSize(Vec::new())),
+            State::Trailers(_) if line == b"\r\n" => Some(State::Head(Vec::new())),
+            // A trailer line: hyper refuses a CR anywhere but at its end.
+            State::Trailers(_) if memchr::memchr(b'\r', line) == Some(line.len() - 2) => {
+                Some(State::Trailers(Vec::new()))
+            }
+            _ => None,
         };
+        match next {
+            Some(state) => self.state = state,
+            None => self.lose(),
+        }
+    }
+}
+
+/// The size of a chunk-size line (with its CRLF) as hyper reads it: hex
+/// digits (any number of them, leading zeros too, while the value fits in
+/// 64 bits), then spaces or tabs, then an optional `;` extension, then CRLF;
+/// `None` where hyper refuses the line.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r\n")?;
+    if memchr::memchr2(b'\r', b'\n', line).is_some() {
+        return None;
+    }
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut size = 0u64;
+    for &b in &line[..digits] {
+        let d = (b as char).to_digit(16)?;
+        size = size.checked_mul(16)?.checked_add(u64::from(d))?;
+    }
+    let rest = &line[digits..];
+    let blanks = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    match rest.get(blanks) {
+        None | Some(b';') => Some(size),
+        Some(_) => None,
     }
 }
 
@@ -312,56 +434,130 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadWatch<T> {
 mod tests {
     use super::*;
 
-    fn notes_of(stream: &[u8], piece: usize) -> Vec<HeadNote> {
+    /// The first mark the watch makes on `stream` read in pieces of
+    /// `piece` bytes: the head's index and its note.
+    fn mark_of(stream: &[u8], piece: usize) -> Option<(u64, HeadNote)> {
         let notes = notes();
-        let mut w = HeadWatch::new((), notes.clone());
+        let mut w = HeadWatch::new((), notes.clone(), 64 * 1024);
         for chunk in stream.chunks(piece.max(1)) {
             w.watch(chunk);
         }
-        std::iter::from_fn(|| notes.pop()).collect()
+        let first = notes.first.load(Ordering::Relaxed);
+        (first != Marks::NONE).then(|| (first >> 2, HeadNote::from_bits(first & 3)))
     }
 
-    const PLAIN: HeadNote = HeadNote { fragment: false, length_and_chunked: false };
+    /// What `requests` requests taken in order get from the marks.
+    fn taken(notes: &Notes, requests: usize) -> Vec<Option<HeadNote>> {
+        (0..requests)
+            .map(|_| {
+                let mut req = http::Request::new(());
+                attach_note(notes, &mut req);
+                req.extensions().get::<HeadNote>().copied()
+            })
+            .collect()
+    }
+
+    const BODIES: &[u8] = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n\
+        POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 22\r\n\r\nGET /c#x HTTP/1.1\r\n\r\n\
+        POST /d HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nGET /\r\n0\r\nX-T: 1\r\n\r\n";
 
     #[test]
-    fn each_head_gets_its_note_across_bodies_of_every_framing() {
-        let stream = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n\
-            POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 22\r\n\r\nGET /c#x HTTP/1.1\r\n\r\n\
-            POST /d HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nGET /\r\n0\r\nX-T: 1\r\n\r\n\
-            GET /e#f HTTP/1.1\r\nHost: h\r\n\r\n\
-            POST /g HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
-            GET /h HTTP/1.1\r\nHost: h\r\n\r\n";
-        let want = vec![
-            PLAIN,
-            PLAIN,
-            PLAIN,
-            HeadNote { fragment: true, length_and_chunked: false },
-            HeadNote { fragment: false, length_and_chunked: true },
-            PLAIN,
-        ];
+    fn the_first_head_that_says_something_is_marked_across_bodies_of_every_framing() {
+        let fragment = [BODIES, b"GET /e#f HTTP/1.1\r\nHost: h\r\n\r\nGET /h HTTP/1.1\r\n\r\n"].concat();
+        let both = [
+            BODIES,
+            b"POST /g HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ]
+        .concat();
+        let plain = [BODIES, b"GET /h HTTP/1.1\r\nHost: h\r\n\r\n"].concat();
         // Whatever pieces the bytes arrive in.
         for piece in [1, 2, 3, 7, 64, 4096] {
-            assert_eq!(notes_of(stream, piece), want, "read in pieces of {piece}");
+            assert_eq!(mark_of(&fragment, piece), Some((3, HeadNote::Fragment)), "pieces of {piece}");
+            assert_eq!(mark_of(&both, piece), Some((3, HeadNote::LengthAndChunked)), "pieces of {piece}");
+            assert_eq!(mark_of(&plain, piece), None, "pieces of {piece}");
         }
     }
 
     #[test]
-    fn http2_and_lost_framing_stop_the_watch() {
-        assert!(notes_of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 5).is_empty());
-        // A chunk size that is not hex: hyper refuses; no note after it.
-        let lost = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /b#c HTTP/1.1\r\n\r\n";
-        assert_eq!(notes_of(lost, 4096), vec![PLAIN]);
+    fn requests_from_the_marked_one_on_are_refused() {
+        let notes = notes();
+        let mut w = HeadWatch::new((), notes.clone(), 64 * 1024);
+        w.watch(&[BODIES, b"GET /e#f HTTP/1.1\r\nHost: h\r\n\r\nGET /h HTTP/1.1\r\n\r\n"].concat());
+        assert_eq!(
+            taken(&notes, 6),
+            vec![None, None, None, Some(HeadNote::Fragment), Some(HeadNote::Unwatched), Some(HeadNote::Unwatched)]
+        );
+        // An HTTP/2 request never takes an index.
+        let notes = super::notes();
+        notes.mark(0, HeadNote::Unwatched);
+        let mut req = http::Request::builder().version(http::Version::HTTP_2).body(()).unwrap();
+        attach_note(&notes, &mut req);
+        assert!(req.extensions().get::<HeadNote>().is_none());
+    }
+
+    #[test]
+    fn lost_framing_refuses_what_follows_and_http2_is_not_watched() {
+        assert_eq!(mark_of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nGET /a#b HTTP/1.1\r\n\r\n", 5), None);
+        // The preface after a request: hyper refuses it; nothing is taken.
+        assert_eq!(mark_of(b"GET / HTTP/1.1\r\n\r\nPRI * HTTP/2.0\r\n\r\n", 5), Some((1, HeadNote::Unwatched)));
+        // A chunk size that is not hex: hyper refuses; the next head is.
+        let lost = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(mark_of(lost, 4096), Some((1, HeadNote::Unwatched)));
+        // A length that is not a number, a last coding other than chunked.
+        assert_eq!(mark_of(b"POST /a HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 9), Some((1, HeadNote::Unwatched)));
+        let gzip = b"POST /a HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
+        assert_eq!(mark_of(gzip, 9), Some((1, HeadNote::Unwatched)));
+        // A head longer than hyper takes, and a chunk line as long.
+        let long = format!("GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(70_000));
+        assert_eq!(mark_of(long.as_bytes(), 4096), Some((1, HeadNote::Unwatched)));
+        let ext = format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;{}\r\n", "e".repeat(70_000));
+        assert_eq!(mark_of(ext.as_bytes(), 4096), Some((1, HeadNote::Unwatched)));
+        // A thousand pipelined heads are all followed.
+        assert_eq!(mark_of(&b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".repeat(1000), 4096), None);
+    }
+
+    #[test]
+    fn heads_and_chunks_are_read_as_hyper_reads_them() {
+        // A length after the chunked coding: hyper skips it unread (and drops
+        // it), but the head had both.
+        let both = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n0\r\n\r\n";
+        assert_eq!(mark_of(both, 7), Some((0, HeadNote::LengthAndChunked)));
+        // A `#` in the method is not in the target.
+        assert_eq!(mark_of(b"GE#T / HTTP/1.1\r\n\r\n", 3), None);
+        let next = b"GET /ok HTTP/1.1\r\n\r\nGET /x#y HTTP/1.1\r\n\r\n";
+        // Leading zeros in a chunk size, as many as the sender likes.
+        let zeros = [&b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000003 \t;a=b\r\nabc\r\n0\r\n\r\n"[..], next].concat();
+        assert_eq!(mark_of(&zeros, 5), Some((2, HeadNote::Fragment)));
+        // A trailer line runs to CRLF: a bare LF does not end it, so what
+        // follows it is more trailer, not a request.
+        let trailer = [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\r\nGET /#f HTTP/1.1\r\n\r\n"[..],
+            next,
+        ]
+        .concat();
+        for piece in [1, 3, 4096] {
+            assert_eq!(mark_of(&trailer, piece), Some((2, HeadNote::Fragment)), "pieces of {piece}");
+        }
+        // Lines hyper refuses: a bare LF after a size or after data, a CR
+        // inside a trailer, a size past 64 bits.
+        for bad in [&b"5\nhello\r\n"[..], b"5\r\nhello\n", b"0\r\nX: a\rb\r\n\r\n", b"10000000000000000\r\n"] {
+            let stream = [&b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..], bad, next].concat();
+            assert_eq!(mark_of(&stream, 4096), Some((1, HeadNote::Unwatched)), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     /// A reference for the proptest: what httparse says of a head alone.
-    fn reference(head: &[u8]) -> Option<HeadNote> {
+    fn reference(head: &[u8]) -> Option<Option<HeadNote>> {
         let mut h = [httparse::EMPTY_HEADER; 16];
         let mut r = httparse::Request::new(&mut h);
         r.parse(head).ok()?.is_complete().then_some(())?;
         let has = |n: &str| r.headers.iter().any(|x| x.name.eq_ignore_ascii_case(n));
-        Some(HeadNote {
-            fragment: r.path?.contains('#'),
-            length_and_chunked: has("content-length") && has("transfer-encoding"),
+        Some(if r.path?.contains('#') {
+            Some(HeadNote::Fragment)
+        } else if has("content-length") && has("transfer-encoding") {
+            Some(HeadNote::LengthAndChunked)
+        } else {
+            None
         })
     }
 
@@ -378,8 +574,8 @@ mod tests {
             piece in 1usize..40,
         ) {
             let mut stream = Vec::new();
-            let mut want = Vec::new();
-            for (path, len, chunked, both, (upper, bare_lf, te_first, extra)) in &reqs {
+            let mut want = None;
+            for (i, (path, len, chunked, both, (upper, bare_lf, te_first, extra))) in reqs.iter().enumerate() {
                 let eol = if *bare_lf { "\n" } else { "\r\n" };
                 let name = |n: &str| if *upper { n.to_ascii_uppercase() } else { n.to_string() };
                 let body: Vec<u8> = vec![b'#'; usize::from(len.unwrap_or(0))];
@@ -396,7 +592,9 @@ mod tests {
                     (false, _, _) => head.push_str(&cl),
                 }
                 head.push_str(eol);
-                want.push(reference(head.as_bytes()).unwrap());
+                if let (None, Some(note)) = (want, reference(head.as_bytes()).unwrap()) {
+                    want = Some((i as u64, note));
+                }
                 stream.extend_from_slice(head.as_bytes());
                 if *chunked {
                     if !body.is_empty() {
@@ -409,7 +607,7 @@ mod tests {
                     stream.extend_from_slice(&body);
                 }
             }
-            proptest::prop_assert_eq!(notes_of(&stream, piece), want);
+            proptest::prop_assert_eq!(mark_of(&stream, piece), want);
         }
     }
 }

@@ -34,12 +34,11 @@ pub fn check(parts: &Parts) -> Result<(), Denial> {
     let refuse = |why| Err(Denial::AmbiguousRequest(why));
     // What hyper forgot but the connection's watch noted (HTTP/1).
     if let Some(note) = parts.extensions.get::<HeadNote>() {
-        if note.fragment {
-            return refuse("The request target has a fragment");
-        }
-        if note.length_and_chunked {
-            return refuse("The request has both Content-Length and Transfer-Encoding");
-        }
+        return refuse(match note {
+            HeadNote::Fragment => "The request target has a fragment",
+            HeadNote::LengthAndChunked => "The request has both Content-Length and Transfer-Encoding",
+            HeadNote::Unwatched => "The connection's framing could not be followed to this request",
+        });
     }
     let mut host: Option<&HeaderValue> = None;
     let mut content_length = false;

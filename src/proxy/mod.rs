@@ -150,15 +150,18 @@ where
         let (parts, body) = req.into_parts();
 
         // 0. Framing first: a request that could be read two ways is
-        //    refused before any token is looked up.
+        //    refused before any token is looked up, and an HTTP/1
+        //    connection that sent it is closed: what else it holds could
+        //    be read two ways too.
         if let Err(denial) = framing::check(&parts) {
             gateway.metrics.anonymous_denial(denial.code());
             let record = AccessRecord::new(start, peer.0.to_canonical(), &parts);
-            return own_answer(
-                denial.into(),
-                record,
-                Shape { json: gather::query_asks_json(&parts), ..Shape::default() },
-            );
+            let json = gather::query_asks_json(&parts);
+            let mut answer = own_answer(denial.into(), record, Shape { json, ..Shape::default() });
+            if parts.version < http::Version::HTTP_2 {
+                answer.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return answer;
         }
 
         // 1. Inspect the body: a form is read before anything is decided

@@ -50,6 +50,9 @@ pub async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // The longest HTTP/1 head hyper takes (its read buffer), and so the
+    // longest the connection's `wire::HeadWatch` follows.
+    let max_head = limits.max_header_bytes.max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -59,7 +62,7 @@ pub async fn serve<M, S, B>(
         // waits for a head. The first head's deadline counts from accept
         // (`conn::drive`).
         .header_read_timeout(limits.header_read_timeout.min(limits.keepalive_idle_timeout))
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(max_head)
         .keep_alive(true);
     builder
         .http2()
@@ -120,12 +123,15 @@ pub async fn serve<M, S, B>(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => connection(&builder, HeadWatch::new(stream, notes), service, &activity, deadlines, stop).await,
+                None => {
+                    connection(&builder, HeadWatch::new(stream, notes, max_head), service, &activity, deadlines, stop)
+                        .await
+                }
                 Some(acceptor) => {
                     // The handshake counts against the first head's deadline.
                     let handshake = tokio::time::timeout_at(deadlines.first_head_by, acceptor.accept(stream));
                     let Ok(Ok(tls_stream)) = handshake.await else { return };
-                    let io = HeadWatch::new(tls_stream, notes);
+                    let io = HeadWatch::new(tls_stream, notes, max_head);
                     connection(&builder, io, service, &activity, deadlines, stop).await;
                 }
             }

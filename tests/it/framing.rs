@@ -89,6 +89,38 @@ fn framing_faults_are_refused_before_the_token_is_looked_up() {
 }
 
 #[test]
+fn the_watch_follows_any_number_of_pipelined_heads_and_heads_as_long_as_hyper_takes() {
+    let up = MockUpstream::start();
+    let gw =
+        Gateway::builder(&up.url(), &standard_tokens().render()).extra("[limits]\nmax_header_bytes = 131072").start();
+    let q = format!("/opi/XMLAPI?APPTOKEN={RO}&ACTION=TARGETDATA");
+    let host = format!("Host: {}\r\n", gw.addr);
+    // 100 pipelined requests in one write (more than any queue of notes
+    // would hold), then one with a fragment: each answered in order, the
+    // last refused, and the connection closed after it.
+    let mut raw = format!("GET {q} HTTP/1.1\r\n{host}\r\n").repeat(100);
+    raw.push_str(&format!("GET {q}#&ACTION=REMOVETARGETDATA HTTP/1.1\r\n{host}\r\nGET {q} HTTP/1.1\r\n{host}\r\n"));
+    let answers = crate::harness::client::read_all(gw.addr, raw.as_bytes());
+    assert_eq!(answers.len(), 101, "the connection is closed after the refusal");
+    assert!(
+        answers[..100].iter().all(|a| a.status == 200),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    ambiguous(&answers[100]);
+    assert_eq!(answers[100].header("connection"), Some("close"));
+    assert_eq!(up.count(), 100);
+    // A 70 KB head (which this gateway's max_header_bytes takes) is followed
+    // too: the fragment after it is seen.
+    let long =
+        format!("GET {q} HTTP/1.1\r\n{host}X-Long: {}\r\n\r\nGET {q}#x HTTP/1.1\r\n{host}\r\n", "a".repeat(70_000));
+    let answers = crate::harness::client::read_all(gw.addr, long.as_bytes());
+    assert_eq!(answers.iter().map(|a| a.status).collect::<Vec<_>>(), vec![200, 400]);
+    ambiguous(&answers[1]);
+    assert_eq!(up.count(), 101);
+}
+
+#[test]
 fn a_read_only_token_cannot_run_another_method_by_override() {
     let (up, gw) = setup();
     for name in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "x-http-method-override"] {
