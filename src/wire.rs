@@ -156,10 +156,13 @@ fn scan_head(bytes: &[u8]) -> Option<(usize, HeadFacts)> {
                 facts.http2 = true;
                 return Some((nl + 1, facts));
             }
-            // The target runs from the first space to the next (httparse
-            // takes one space each side; a method may hold a `#`).
-            let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
-            facts.fragment = memchr::memchr(b'#', target).is_some();
+            // A `#` in the target: after the method's space, before the
+            // next (a method may hold a `#` too). Looked at only when there
+            // is a `#` at all.
+            facts.fragment = memchr::memchr(b'#', line).is_some() && {
+                let after_method = memchr::memchr(b' ', line).map_or(&[][..], |i| &line[i + 1..]);
+                memchr::memchr(b'#', after_method).is_some_and(|h| memchr::memchr(b' ', &after_method[..h]).is_none())
+            };
             continue;
         }
         let header = |name: &[u8]| {

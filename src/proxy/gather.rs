@@ -16,7 +16,7 @@ use crate::decide::client_ip::{resolve, PeerAddr, TrustedProxies};
 use crate::decide::params::{ParamValue, Params};
 use crate::decide::route::CanonicalPath;
 use crate::decide::{caller, BodyCheck, DecisionInput};
-use crate::telemetry::access::AccessRecord;
+use crate::telemetry::access::LoggedAction;
 use crate::tokens::reload::TokenStore;
 use crate::tokens::state::TokenState;
 
@@ -46,9 +46,9 @@ pub fn names_an_action(asked: &DecisionInput<'_>) -> bool {
 }
 
 /// The ACTION as the access log shows it.
-pub fn action_for_log(asked: &DecisionInput<'_>) -> Option<Box<str>> {
+pub fn action_for_log(asked: &DecisionInput<'_>) -> Option<LoggedAction> {
     match &asked.params {
-        Ok(Params { action: ParamValue::One(a), .. }) => Some(AccessRecord::action_for_log(a)),
+        Ok(Params { action: ParamValue::One(a), .. }) => Some(LoggedAction::new(a)),
         _ => None,
     }
 }

