@@ -47,9 +47,12 @@ pub fn unescape(raw: &[u8], plus_is_space: bool) -> impl Iterator<Item = Option<
 
 /// A secret to look for in texts in every spelling: each byte as itself in
 /// either ASCII letter case, percent-encoded (`%XX`, either hex case, wholly
-/// or in part), or a space as `+`. A text is normalised once (decoded a
-/// level, lower-cased) and searched with memchr's substring finder, so a
-/// search is linear in the text whatever the secret and the text hold.
+/// or in part), or a space as `+`. A `+` and a space are one byte to the
+/// search, in the secret and in the text (each may stand for the other: a
+/// base64 secret's `+` is found written as it is, not only as `%2B`). A
+/// text is normalised once (decoded a level, lower-cased) and searched with
+/// memchr's substring finder, so a search is linear in the text whatever
+/// the secret and the text hold.
 pub struct Spelled {
     needle: Vec<u8>,
 }
@@ -57,7 +60,7 @@ pub struct Spelled {
 impl Spelled {
     /// Looks for `secret`; `None` for an empty secret (found everywhere).
     pub fn new(secret: &[u8]) -> Option<Self> {
-        (!secret.is_empty()).then(|| Self { needle: secret.to_ascii_lowercase() })
+        (!secret.is_empty()).then(|| Self { needle: secret.iter().map(|&b| fold(b)).collect() })
     }
 
     /// Whether `text` holds the secret in some spelling.
@@ -115,8 +118,16 @@ fn normalise(text: &[u8], out: &mut Vec<u8>, mut starts: Option<&mut Vec<usize>>
         if let Some(s) = starts.as_deref_mut() {
             s.push(i);
         }
-        out.push(byte.to_ascii_lowercase());
+        out.push(fold(byte));
         i += width;
+    }
+}
+
+/// A byte as the search compares it: lower-cased, `+` as a space.
+fn fold(b: u8) -> u8 {
+    match b {
+        b'+' => b' ',
+        b => b.to_ascii_lowercase(),
     }
 }
 
@@ -140,6 +151,16 @@ mod tests {
         let space = Spelled::new(b"a b").unwrap();
         assert!(space.is_in(b"A+B") && space.is_in(b"a%20b") && space.is_in(b"a b"));
         assert!(Spelled::new(b"").is_none());
+    }
+
+    #[test]
+    fn a_secret_with_a_plus_is_found_written_as_it_is() {
+        // A base64 credential echoed in an answer's header.
+        let s = Spelled::new(b"ab+cd/e=").unwrap();
+        for text in ["x ab+cd/e= y", "AB%2BCD%2Fe%3D", "ab cd/e=", "ab%20cd/e="] {
+            assert!(s.is_in(text.as_bytes()), "{text}");
+        }
+        assert_eq!(s.replaced(b"u?t=Ab+cD/e=&z", b"REDACTED").unwrap(), b"u?t=REDACTED&z");
     }
 
     proptest! {
