@@ -47,9 +47,13 @@ pub fn unescape(raw: &[u8], plus_is_space: bool) -> impl Iterator<Item = Option<
 
 /// A secret to look for in texts in every spelling: each byte as itself in
 /// either ASCII letter case, percent-encoded (`%XX`, either hex case, wholly
-/// or in part), or a space as `+`. A text is normalised once (decoded a
-/// level, lower-cased) and searched with memchr's substring finder, so a
-/// search is linear in the text whatever the secret and the text hold.
+/// or in part), or a space as `+`; or as it is, undecoded (a secret that
+/// holds `%41` itself, written in a header as it is). A `+` and a space are one byte to the
+/// search, in the secret and in the text (each may stand for the other: a
+/// base64 secret's `+` is found written as it is, not only as `%2B`). A
+/// text is normalised once (decoded a level, lower-cased) and searched with
+/// memchr's substring finder, so a search is linear in the text whatever
+/// the secret and the text hold.
 pub struct Spelled {
     needle: Vec<u8>,
 }
@@ -57,7 +61,7 @@ pub struct Spelled {
 impl Spelled {
     /// Looks for `secret`; `None` for an empty secret (found everywhere).
     pub fn new(secret: &[u8]) -> Option<Self> {
-        (!secret.is_empty()).then(|| Self { needle: secret.to_ascii_lowercase() })
+        (!secret.is_empty()).then(|| Self { needle: secret.iter().map(|&b| fold(b)).collect() })
     }
 
     /// Whether `text` holds the secret in some spelling.
@@ -67,19 +71,44 @@ impl Spelled {
             return false;
         }
         let mut normal = Vec::with_capacity(text.len());
-        normalise(text, &mut normal, None);
-        memchr::memmem::find(&normal, &self.needle).is_some()
+        [true, false].into_iter().any(|decode| {
+            normal.clear();
+            normalise(text, &mut normal, None, decode);
+            memchr::memmem::find(&normal, &self.needle).is_some()
+        })
     }
 
     /// `text` with every spelling of the secret replaced by `with`; `None`
-    /// when it holds none.
+    /// when it holds none. Decoded spellings go first, then undecoded ones,
+    /// again while a pass finds one (a few passes at most): what a
+    /// replacement leaves can join into a new spelling, and `with` itself
+    /// may spell a short secret. The caller checks the result with
+    /// [`Spelled::is_in`] where that matters.
     pub fn replaced(&self, text: &[u8], with: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for _ in 0..4 {
+            let mut changed = false;
+            for decode in [true, false] {
+                if let Some(r) = self.replaced_once(out.as_deref().unwrap_or(text), with, decode) {
+                    out = Some(r);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// One pass of [`Spelled::replaced`], decoding a level or not.
+    fn replaced_once(&self, text: &[u8], with: &[u8], decode: bool) -> Option<Vec<u8>> {
         if text.len() < self.needle.len() {
             return None;
         }
         let mut normal = Vec::with_capacity(text.len());
         let mut starts = Vec::with_capacity(text.len() + 1);
-        normalise(text, &mut normal, Some(&mut starts));
+        normalise(text, &mut normal, Some(&mut starts), decode);
         starts.push(text.len());
         let mut out = Vec::with_capacity(text.len());
         let (mut copied, mut found) = (0, false);
@@ -99,24 +128,35 @@ impl Spelled {
     }
 }
 
-/// Decodes one level of `%XX` (and `+` as a space) and lower-cases ASCII;
-/// with `starts`, records where in `text` each normalised byte began.
-fn normalise(text: &[u8], out: &mut Vec<u8>, mut starts: Option<&mut Vec<usize>>) {
+/// Decodes one level of `%XX` (with `decode`) and folds each byte as
+/// [`fold`] does; with `starts`, records where in `text` each normalised
+/// byte began.
+fn normalise(text: &[u8], out: &mut Vec<u8>, mut starts: Option<&mut Vec<usize>>, decode: bool) {
     let mut i = 0;
     while i < text.len() {
         let (byte, width) = match text[i] {
-            b'%' => match (text.get(i + 1).and_then(|&c| hex_val(c)), text.get(i + 2).and_then(|&c| hex_val(c))) {
-                (Some(h), Some(l)) => (h << 4 | l, 3),
-                _ => (b'%', 1),
-            },
+            b'%' if decode => {
+                match (text.get(i + 1).and_then(|&c| hex_val(c)), text.get(i + 2).and_then(|&c| hex_val(c))) {
+                    (Some(h), Some(l)) => (h << 4 | l, 3),
+                    _ => (b'%', 1),
+                }
+            }
             b'+' => (b' ', 1),
             c => (c, 1),
         };
         if let Some(s) = starts.as_deref_mut() {
             s.push(i);
         }
-        out.push(byte.to_ascii_lowercase());
+        out.push(fold(byte));
         i += width;
+    }
+}
+
+/// A byte as the search compares it: lower-cased, `+` as a space.
+fn fold(b: u8) -> u8 {
+    match b {
+        b'+' => b' ',
+        b => b.to_ascii_lowercase(),
     }
 }
 
@@ -140,6 +180,31 @@ mod tests {
         let space = Spelled::new(b"a b").unwrap();
         assert!(space.is_in(b"A+B") && space.is_in(b"a%20b") && space.is_in(b"a b"));
         assert!(Spelled::new(b"").is_none());
+    }
+
+    #[test]
+    fn a_secret_with_a_plus_is_found_written_as_it_is() {
+        // A base64 credential echoed in an answer's header.
+        let s = Spelled::new(b"ab+cd/e=").unwrap();
+        for text in ["x ab+cd/e= y", "AB%2BCD%2Fe%3D", "ab cd/e=", "ab%20cd/e="] {
+            assert!(s.is_in(text.as_bytes()), "{text}");
+        }
+        assert_eq!(s.replaced(b"u?t=Ab+cD/e=&z", b"REDACTED").unwrap(), b"u?t=REDACTED&z");
+    }
+
+    #[test]
+    fn a_secret_that_holds_an_escape_is_found_written_as_it_is() {
+        let s = Spelled::new(b"pa%41ss").unwrap();
+        for text in ["pa%41ss", "PA%41SS", "pa%2541ss", "x=pa%2541ss&y"] {
+            assert!(s.is_in(text.as_bytes()), "{text}");
+        }
+        assert!(!s.is_in(b"paAss"));
+        let r = s.replaced(b"a pa%41ss b pa%2541ss c", b"#").unwrap();
+        assert_eq!(r, b"a # b # c");
+        // What a replacement leaves may spell the secret anew: replaced again.
+        let ab = Spelled::new(b"ab").unwrap();
+        let r = ab.replaced(b"aabb", b"").unwrap();
+        assert!(!ab.is_in(&r), "{}", String::from_utf8_lossy(&r));
     }
 
     proptest! {

@@ -75,6 +75,10 @@ pub struct Marks {
     first: AtomicU64,
     /// HTTP/1 requests taken so far.
     taken: AtomicU64,
+    /// Each head seen whole, in order: its method and target, for the fuzz
+    /// target and tests that hold the watch's count to hyper's.
+    #[cfg(any(test, fuzzing))]
+    seen: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl Marks {
@@ -84,6 +88,13 @@ impl Marks {
     fn mark(&self, index: u64, note: HeadNote) {
         let _ = self.first.fetch_min(index << 2 | note.bits(), Ordering::Release);
     }
+
+    /// The method and target of each head seen whole so far, in order (for
+    /// tests and fuzzing).
+    #[cfg(any(test, fuzzing))]
+    pub fn seen(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 /// The marks of one connection.
@@ -91,7 +102,12 @@ pub type Notes = Arc<Marks>;
 
 /// A new connection's marks: none yet.
 pub fn notes() -> Notes {
-    Arc::new(Marks { first: AtomicU64::new(Marks::NONE), taken: AtomicU64::new(0) })
+    Arc::new(Marks {
+        first: AtomicU64::new(Marks::NONE),
+        taken: AtomicU64::new(0),
+        #[cfg(any(test, fuzzing))]
+        seen: std::sync::Mutex::default(),
+    })
 }
 
 /// Gives an HTTP/1 request its note, if its head or an earlier one was
@@ -126,6 +142,9 @@ struct HeadFacts {
     unframed: bool,
     /// Any `Content-Length` at all, read or not.
     any_length: bool,
+    /// The method and target (for tests and fuzzing: [`Marks::seen`]).
+    #[cfg(any(test, fuzzing))]
+    request: (Vec<u8>, Vec<u8>),
 }
 
 /// Looks at `bytes` for one complete request head: its length and facts,
@@ -163,6 +182,13 @@ fn scan_head(bytes: &[u8]) -> Option<(usize, HeadFacts)> {
                 let after_method = memchr::memchr(b' ', line).map_or(&[][..], |i| &line[i + 1..]);
                 memchr::memchr(b'#', after_method).is_some_and(|h| memchr::memchr(b' ', &after_method[..h]).is_none())
             };
+            #[cfg(any(test, fuzzing))]
+            {
+                let mut parts = line.split(|&b| b == b' ');
+                let method = parts.next().unwrap_or_default();
+                let target = parts.next().unwrap_or_default();
+                facts.request = (method.to_vec(), target.to_vec());
+            }
             continue;
         }
         let header = |name: &[u8]| {
@@ -320,6 +346,8 @@ impl<T> HeadWatch<T> {
             }
             return;
         }
+        #[cfg(any(test, fuzzing))]
+        self.notes.seen.lock().unwrap().push(facts.request.clone());
         let note = if facts.fragment {
             Some(HeadNote::Fragment)
         } else if facts.chunked.is_some() && facts.any_length {

@@ -225,6 +225,8 @@ fn redact(headers: &mut HeaderMap, secret: &Spelled) {
         headers.remove(&name);
         for v in values {
             let scrubbed = match secret.replaced(v.as_bytes(), b"REDACTED") {
+                // Still spelled (a secret so short `REDACTED` spells it): dropped.
+                Some(bytes) if secret.is_in(&bytes) => None,
                 Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
                 None => Some(v),
             };
@@ -291,6 +293,18 @@ mod tests {
             assert!(h.get(gone).is_none(), "{gone} reached the client");
         }
         assert_eq!(h.len(), 2, "{h:?}");
+    }
+
+    #[test]
+    fn a_header_the_word_redacted_would_still_spell_the_secret_in_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("location", "/x?t=act".parse().unwrap());
+        h.insert("x-echo", "pa%41ss and ab+c".parse().unwrap());
+        downstream_headers(&mut h, Spelled::new(b"act").iter());
+        assert!(h.get("location").is_none(), "{h:?}");
+        // A secret holding an escape or a +, written as it is.
+        downstream_headers(&mut h, [Spelled::new(b"pa%41ss"), Spelled::new(b"ab+c")].iter().flatten());
+        assert_eq!(h["x-echo"], "REDACTED and REDACTED");
     }
 
     #[test]

@@ -91,6 +91,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
     general.finish()
 }
 
+/// `text` read both ways, for tests and fuzzing: as [`parse`] reads it (the
+/// fast scanner whenever it can) and by the general reader alone. The two
+/// must agree, tables and errors alike, on any text.
+pub fn parse_both_ways(path: &Path, text: &str) -> [Result<Loaded, ConfigErrors>; 2] {
+    let mut general = Builder::new(Source::new(path, text));
+    read_toml(&mut general);
+    [parse(path, text), general.finish()]
+}
+
 /// The general reader: toml_edit, each table deserialised on its own so that
 /// one broken `[[token]]` does not hide the errors of the next. `None` only
 /// for a syntax error; other errors are recorded in `src`.
@@ -1013,13 +1022,8 @@ mod cut_tests {
     use crate::rights::Actions;
     use proptest::prelude::*;
 
-    /// Both readers on their own: the scanner (through `parse`, which uses
-    /// it whenever it can) and the general reader alone.
     fn both_readers(text: &str) -> [Result<Loaded, ConfigErrors>; 2] {
-        let path = Path::new("t.toml");
-        let mut general = Builder::new(Source::new(path, text));
-        read_toml(&mut general);
-        [parse(path, text), general.finish()]
+        parse_both_ways(Path::new("t.toml"), text)
     }
 
     /// "Grants no more": every right of `cut` exists in `whole` by name
@@ -1470,10 +1474,7 @@ mod token_limits_tests {
     /// The errors of both readers (the scanner through `parse`, and the
     /// general reader alone), which must be the same.
     fn errors(text: &str) -> Vec<String> {
-        let path = Path::new("t.toml");
-        let mut general = Builder::new(Source::new(path, text));
-        read_toml(&mut general);
-        let [fast, slow] = [parse(path, text), general.finish()].map(|r| match r {
+        let [fast, slow] = parse_both_ways(Path::new("t.toml"), text).map(|r| match r {
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
         });

@@ -214,9 +214,10 @@ impl<'t> TokenRef<'t> {
         (0..self.secrets()).map(|p| (p, state.secret_last_use(SecretTag::of(&self.digest_at(p).0)))).collect()
     }
 
-    /// Its digests, newest first (for tests that compare two tables).
-    #[cfg(test)]
-    pub(crate) fn digests(&self) -> Vec<TokenHash> {
+    /// Its digests, newest first (for tests and fuzzing, which compare two
+    /// tables).
+    #[cfg(any(test, fuzzing))]
+    pub fn digests(&self) -> Vec<TokenHash> {
         (0..self.secrets()).map(|p| *self.digest_at(p)).collect()
     }
 
