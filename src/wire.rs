@@ -385,7 +385,7 @@ impl<T> HeadWatch<T> {
             State::ChunkEnd(_) if line == b"\r\n" => Some(State::ChunkSize(Vec::new())),
             State::Trailers(_) if line == b"\r\n" => Some(State::Head(Vec::new())),
             // A trailer line: hyper refuses a CR anywhere but at its end.
-            State::Trailers(_) if memchr::memchr(b'\r', line) == Some(line.len() - 2) => {
+            State::Trailers(_) if memchr::memchr(b'\r', line) == line.len().checked_sub(2) => {
                 Some(State::Trailers(Vec::new()))
             }
             _ => None,
