@@ -13,8 +13,9 @@
 //! 2,500 instructions, a copy and a parse too many; this costs a few
 //! hundred), and follows the body's framing by hyper's rules (chunked when
 //! the last coding is `chunked`, else `Content-Length`, else none) to find
-//! the next head. A proptest pins it to httparse, and unit tests to
-//! hyper's chunked decoder where the two differ. It only reads: the bytes go to hyper unchanged.
+//! the next head. A proptest pins it to httparse, unit tests to hyper's
+//! chunked decoder where the two differ, and the `wire` fuzz targets to a
+//! real hyper connection. It only reads: the bytes go to hyper unchanged.
 //!
 //! It fails closed. Once it has marked a head it stops watching, and every
 //! later request of the connection is refused as [`HeadNote::Unwatched`]
