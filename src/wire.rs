@@ -148,33 +148,57 @@ struct HeadFacts {
     request: (Vec<u8>, Vec<u8>),
 }
 
+/// A request head read so far: what its complete lines said and where the
+/// next line begins.
+#[derive(Debug, Default)]
+struct HeadScan {
+    facts: HeadFacts,
+    /// Where the first line not yet read whole begins.
+    line_start: usize,
+    /// How far the bytes were searched for a line end.
+    searched: usize,
+    /// The request line was read.
+    past_request_line: bool,
+    /// Bytes searched in all, for the test that each is searched once.
+    #[cfg(test)]
+    examined: usize,
+}
+
 /// Looks at `bytes` for one complete request head: its length and facts,
 /// or `None` while it is not complete. Lines end in LF or CRLF and empty
 /// lines before the request line are skipped, as httparse reads them; a
 /// header line is `name:value` (httparse, and so hyper, refuses anything
 /// else, and a head it refuses ends the connection before its note is
-/// used). Pinned to httparse by a proptest below.
-fn scan_head(bytes: &[u8]) -> Option<(usize, HeadFacts)> {
-    let mut facts = HeadFacts::default();
-    let mut request_line = true;
-    let mut line_start = 0;
-    // One searcher for every line end of the head.
-    for nl in memchr::memchr_iter(b'\n', bytes) {
-        let line = &bytes[line_start..nl];
+/// used). Pinned to httparse by a proptest below. `scan` keeps what the
+/// complete lines so far said, so that a head read in many pieces is
+/// scanned once, not once per piece (which would be quadratic in its size).
+fn scan_head(scan: &mut HeadScan, bytes: &[u8]) -> Option<usize> {
+    let facts = &mut scan.facts;
+    // One searcher for every line end of the head, from where the last
+    // call stopped looking: a head that trickles in is read once in all.
+    let from = scan.searched;
+    scan.searched = bytes.len();
+    #[cfg(test)]
+    {
+        scan.examined += bytes.len() - from;
+    }
+    for nl in memchr::memchr_iter(b'\n', &bytes[from..]) {
+        let nl = from + nl;
+        let line = &bytes[scan.line_start..nl];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        line_start = nl + 1;
+        scan.line_start = nl + 1;
         if line.is_empty() {
-            if request_line {
+            if !scan.past_request_line {
                 // Empty lines before the request line are skipped.
                 continue;
             }
-            return Some((nl + 1, facts));
+            return Some(nl + 1);
         }
-        if request_line {
-            request_line = false;
+        if !scan.past_request_line {
+            scan.past_request_line = true;
             if line.starts_with(b"PRI * HTTP/2.0") {
                 facts.http2 = true;
-                return Some((nl + 1, facts));
+                return Some(nl + 1);
             }
             // A `#` in the target: after the method's space, before the
             // next (a method may hold a `#` too). Looked at only when there
@@ -218,8 +242,9 @@ fn scan_head(bytes: &[u8]) -> Option<(usize, HeadFacts)> {
 /// Where the watch is in the byte stream.
 #[derive(Debug)]
 enum State {
-    /// Gathering a request head.
-    Head(Vec<u8>),
+    /// Gathering a request head (the bytes kept only while it is not
+    /// whole in one read), and what its lines said so far.
+    Head(Vec<u8>, HeadScan),
     /// Skipping this many bytes of a body.
     Body(u64),
     /// In a chunked body: gathering a chunk-size line.
@@ -234,6 +259,18 @@ enum State {
     Off,
 }
 
+impl State {
+    /// Waiting for the next request head.
+    fn head() -> Self {
+        State::Head(Vec::new(), HeadScan::default())
+    }
+}
+
+/// The longest chunk line or trailer line followed whatever `max_head` is:
+/// hyper's own limits on a body's chunk extensions and trailers (16 KiB
+/// each), and a line's end.
+const CHUNK_LINES: usize = 16 * 1024 + 64;
+
 /// An I/O stream whose incoming bytes are watched for [`HeadNote`]s.
 pub struct HeadWatch<T> {
     inner: T,
@@ -241,8 +278,8 @@ pub struct HeadWatch<T> {
     notes: Notes,
     /// Heads seen whole so far: the index of the next one.
     heads: u64,
-    /// The longest line run the watch gathers: a head (or chunk line, or
-    /// trailer line) longer than this is one hyper refuses.
+    /// The longest head the watch gathers: a longer one is one hyper
+    /// refuses (chunk and trailer lines may be as long as [`CHUNK_LINES`]).
     max_head: usize,
 }
 
@@ -251,7 +288,7 @@ impl<T> HeadWatch<T> {
     /// is the longest head hyper is set to take (`limits.max_header_bytes`,
     /// its read buffer).
     pub fn new(inner: T, notes: Notes, max_head: usize) -> Self {
-        Self { inner, state: State::Head(Vec::new()), notes, heads: 0, max_head }
+        Self { inner, state: State::head(), notes, heads: 0, max_head }
     }
 
     /// Stops watching: this head and every later one are refused.
@@ -266,10 +303,11 @@ impl<T> HeadWatch<T> {
             let in_trailers = matches!(self.state, State::Trailers(_));
             let used = match &mut self.state {
                 State::Off => return,
-                State::Head(buf) if buf.is_empty() => match scan_head(bytes) {
+                State::Head(buf, scan) if buf.is_empty() => match scan_head(scan, bytes) {
                     // The usual case: the whole head in one read, looked at
                     // where it lies.
-                    Some((len, facts)) => {
+                    Some(len) => {
+                        let facts = std::mem::take(&mut scan.facts);
                         self.after_head(facts);
                         len
                     }
@@ -278,11 +316,12 @@ impl<T> HeadWatch<T> {
                         bytes.len()
                     }
                 },
-                State::Head(buf) => {
+                State::Head(buf, scan) => {
                     let before = buf.len();
                     buf.extend_from_slice(bytes);
-                    match scan_head(buf) {
-                        Some((len, facts)) => {
+                    match scan_head(scan, buf) {
+                        Some(len) => {
+                            let facts = std::mem::take(&mut scan.facts);
                             self.after_head(facts);
                             len - before
                         }
@@ -293,7 +332,7 @@ impl<T> HeadWatch<T> {
                     let n = (*left).min(bytes.len() as u64);
                     *left -= n;
                     if *left == 0 {
-                        self.state = State::Head(Vec::new());
+                        self.state = State::head();
                     }
                     n as usize
                 }
@@ -326,11 +365,18 @@ impl<T> HeadWatch<T> {
                 }
             };
             bytes = &bytes[used..];
-            if let State::Head(buf) | State::ChunkSize(buf) | State::ChunkEnd(buf) | State::Trailers(buf) = &self.state
-            {
-                if buf.len() > self.max_head {
-                    self.lose();
+            // hyper refuses a head longer than its buffer, and takes 16 KiB
+            // of chunk extensions and of trailers whatever that buffer is:
+            // a longer run than hyper takes cannot be followed.
+            let (gathered, most) = match &self.state {
+                State::Head(buf, _) => (buf.len(), self.max_head),
+                State::ChunkSize(buf) | State::ChunkEnd(buf) | State::Trailers(buf) => {
+                    (buf.len(), self.max_head.max(CHUNK_LINES))
                 }
+                _ => (0, 0),
+            };
+            if gathered > most {
+                self.lose();
             }
         }
     }
@@ -369,7 +415,7 @@ impl<T> HeadWatch<T> {
             _ if facts.unframed => self.lose(),
             (Some(false), _) => self.lose(),
             (Some(true), _) => self.state = State::ChunkSize(Vec::new()),
-            (None, Some(0) | None) => self.state = State::Head(Vec::new()),
+            (None, Some(0) | None) => self.state = State::head(),
             (None, Some(n)) => self.state = State::Body(n),
         }
     }
@@ -384,7 +430,7 @@ impl<T> HeadWatch<T> {
                 None => None,
             },
             State::ChunkEnd(_) if line == b"\r\n" => Some(State::ChunkSize(Vec::new())),
-            State::Trailers(_) if line == b"\r\n" => Some(State::Head(Vec::new())),
+            State::Trailers(_) if line == b"\r\n" => Some(State::head()),
             // A trailer line: hyper refuses a CR anywhere but at its end.
             State::Trailers(_) if memchr::memchr(b'\r', line) == line.len().checked_sub(2) => {
                 Some(State::Trailers(Vec::new()))
@@ -576,6 +622,39 @@ mod tests {
             let stream = [&b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..], bad, next].concat();
             assert_eq!(mark_of(&stream, 4096), Some((1, HeadNote::Unwatched)), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_head_that_trickles_in_is_searched_once() {
+        // 12,000 bytes of head, one at a time: each byte searched once, not
+        // once per read (which is what made a slow head quadratic).
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        head.extend(b"a:b\n".repeat(1500));
+        head.extend(b"X: ".iter().chain(&[b'x'; 5000]));
+        let mut w = HeadWatch::new((), notes(), 64 * 1024);
+        for b in &head {
+            w.watch(std::slice::from_ref(b));
+        }
+        let State::Head(buf, scan) = &w.state else { panic!("{:?}", w.state) };
+        assert_eq!((buf.len(), scan.examined), (head.len(), head.len()));
+        // And the head, once whole, is read as in one piece.
+        w.watch(b"\r\n\r\nGET /#f HTTP/1.1\r\n\r\n");
+        assert_eq!(w.notes.first.load(Ordering::Relaxed), 1 << 2 | HeadNote::Fragment.bits());
+    }
+
+    #[test]
+    fn chunk_lines_as_long_as_hyper_takes_are_followed_with_the_smallest_head_limit() {
+        let ext = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;{}\r\na\r\n0\r\nX-T: {}\r\n\r\nGET /#f HTTP/1.1\r\n\r\n",
+            "e".repeat(10_000),
+            "t".repeat(10_000)
+        );
+        let notes = notes();
+        let mut w = HeadWatch::new((), notes.clone(), 8192);
+        for piece in ext.as_bytes().chunks(1000) {
+            w.watch(piece);
+        }
+        assert_eq!(notes.first.load(Ordering::Relaxed), 1 << 2 | HeadNote::Fragment.bits());
     }
 
     /// A reference for the proptest: what httparse says of a head alone.
